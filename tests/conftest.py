@@ -1,0 +1,94 @@
+"""Test-suite wide guards: no network, an isolated Prefect home, the shared real-data folder."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+# Isolate Prefect (and anything else keyed on HOME-like variables) before any import reads them.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="uwav-prefect-home-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ["UWAV_NO_PROGRESS"] = "1"
+
+
+# ------------------------------------------------------------------ network guard
+
+_network_attempts: list[str] = []
+
+
+def _is_loopback(host: object) -> bool:
+    if not isinstance(host, str):
+        return False
+    if host in ("localhost", "") or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _refuse(target: object) -> None:
+    message = f"network access attempted during tests: {target!r}"
+    _network_attempts.append(message)
+    raise ConnectionRefusedError(message)
+
+
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+_real_getaddrinfo = socket.getaddrinfo
+
+
+def _guarded_connect(self: socket.socket, address: object) -> object:
+    if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address[0]):  # type: ignore[index]
+        _refuse(address)
+    return _real_connect(self, address)
+
+
+def _guarded_connect_ex(self: socket.socket, address: object) -> object:
+    if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address[0]):  # type: ignore[index]
+        _refuse(address)
+    return _real_connect_ex(self, address)
+
+
+def _guarded_getaddrinfo(host: object, *args: object, **kwargs: object) -> object:
+    if host is not None and not _is_loopback(host.decode() if isinstance(host, bytes) else host):
+        _refuse(host)
+    return _real_getaddrinfo(host, *args, **kwargs)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
+    socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
+    socket.getaddrinfo = _guarded_getaddrinfo  # type: ignore[assignment]
+
+
+@pytest.fixture(autouse=True)
+def _fail_on_network_attempt() -> object:
+    """Libraries often swallow connection errors and fall back; the attempt itself fails the test."""
+    _network_attempts.clear()
+    yield
+    if _network_attempts:
+        attempts = list(_network_attempts)
+        _network_attempts.clear()
+        pytest.fail("; ".join(attempts))
+
+
+# ------------------------------------------------------------------ shared real data
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """`../shared/data` (real LLP / UnAV-100 / AVE files); skips with the reason when absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real annotation files not found at {SHARED_DATA} (see ../shared/data/README.md)")
+    return SHARED_DATA

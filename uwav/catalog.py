@@ -1,0 +1,351 @@
+"""Typed view of `data_catalog.yaml`: datasets, stores, encoders, per-stage settings.
+
+Every path lives in the catalog (Kedro-style): relative paths resolve against the catalog file's
+folder; fsspec URLs (`memory://`, `s3://`, ...) are kept as they are. Unknown keys and wrong types
+are refused with a message naming the key. Stage settings default to the paper's
+hyper-parameters (../shared/docs/METHOD.md); project decisions are marked as such.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DatasetKind = Literal["llp", "unav100", "ave", "custom", "synthetic"]
+Device = Literal["auto", "cpu", "cuda"]
+PositiveInt = Annotated[int, Field(gt=0)]
+UnitFloat = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class CatalogError(ValueError):
+    """A catalog that cannot be used; the message names the file and the key at fault."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def is_url(location: str) -> bool:
+    """True for fsspec URLs (`memory://x`, `s3://bucket/x`), which are not resolved as local paths."""
+    return "://" in location
+
+
+# ---------------------------------------------------------------- datasets
+
+
+class SyntheticSpec(_Strict):
+    """How `uwav synth` generates a synthetic dataset (deterministic by seed)."""
+
+    mode: Literal["media", "features"] = "media"
+    seed: int = 0
+    n_pretrain: PositiveInt = 24
+    n_train: PositiveInt = 40
+    n_val: PositiveInt = 12
+    n_test: PositiveInt = 12
+
+
+class DatasetConfig(_Strict):
+    """One named dataset.
+
+    `annotations` is the folder with the CSVs (llp), the JSON file (unav100), the folder with
+    Annotations.txt + splits.csv (ave), the manifest table (custom), or the generated folder
+    (synthetic). `classes` overrides the reader's class list (required for custom datasets).
+    """
+
+    kind: DatasetKind
+    annotations: str
+    media_root: str | None = None
+    dense: str | None = None
+    classes: list[str] | None = None
+    role: Literal["target", "pretrain"] = "target"
+    synthetic: SyntheticSpec | None = None
+
+    @model_validator(mode="after")
+    def _kind_specific(self) -> DatasetConfig:
+        if self.kind == "custom" and not self.classes:
+            raise ValueError("a custom dataset needs `classes`")
+        if self.kind == "synthetic" and self.synthetic is None:
+            raise ValueError("a synthetic dataset needs a `synthetic` block")
+        if self.kind != "synthetic" and self.synthetic is not None:
+            raise ValueError("`synthetic` is only valid with kind: synthetic")
+        if self.dense is not None and self.kind != "custom":
+            raise ValueError("`dense` is only valid with kind: custom")
+        return self
+
+
+# ---------------------------------------------------------------- stores and encoders
+
+
+class StoresConfig(_Strict):
+    features: str = "store/features.zarr"
+    pseudo_labels: str = "store/pseudo_labels"
+    runs: str = "runs"
+
+
+class EncoderConfig(_Strict):
+    """An encoder: a named model config plus where its weights come from.
+
+    Exactly one of `pretrained` (an open_clip tag), `checkpoint` (a local file) or
+    `random_init: true` (tiny offline configurations for tests and the demo).
+    """
+
+    name: str
+    pretrained: str | None = None
+    checkpoint: str | None = None
+    random_init: bool = False
+    precision: Literal["fp32", "bf16"] = "fp32"
+
+    @model_validator(mode="after")
+    def _one_weight_source(self) -> EncoderConfig:
+        sources = [self.pretrained is not None, self.checkpoint is not None, self.random_init]
+        if sum(sources) != 1:
+            raise ValueError(
+                f"encoder {self.name!r}: give exactly one of `pretrained`, `checkpoint`, `random_init: true`"
+            )
+        return self
+
+
+class EncodersConfig(_Strict):
+    clip: EncoderConfig = EncoderConfig(name="ViT-L-14", pretrained="openai")
+    clap: EncoderConfig = EncoderConfig(name="HTSAT-tiny", checkpoint="checkpoints/630k-audioset-best.pt")
+    r2plus1d: EncoderConfig = EncoderConfig(name="r2plus1d_18", pretrained="KINETICS400_V1")
+
+
+# ---------------------------------------------------------------- stage settings
+
+
+class SegmentSettings(_Strict):
+    audio_rate: PositiveInt = 48000  # CLAP's rate
+    workers: PositiveInt = 2
+    max_side: PositiveInt | None = 336  # centre frames are resized to 224 by CLIP later; caps memory
+
+
+class FeaturesSettings(_Strict):
+    """Which features feed the models and how they are computed.
+
+    `source`: `encode` runs the encoders on decoded media, `official` imports the LLP
+    release's pre-extracted features, `synthetic` takes the synthetic feature-mode arrays.
+    """
+
+    source: Literal["encode", "official", "synthetic"] = "encode"
+    official_root: str | None = None
+    dtype: Literal["float16", "float32"] = "float16"
+    batch_size: PositiveInt = 64
+    workers: PositiveInt = 2
+    device: Device = "auto"
+    prompts_visual: str = "A photo of {}"
+    prompts_audio: str = "This is the sound of {}"
+
+
+class PretrainSettings(_Strict):
+    """Stage 1, the temporal pseudo-label generator (METHOD.md "Stage 1").
+
+    Decision: transformer width = encoder dimension, 8 heads, FFN 4x width; the paper does not
+    give the number of pre-training epochs (decision: 50) nor the batch size (decision: 32).
+    """
+
+    layers: PositiveInt = 5
+    heads: PositiveInt = 8
+    ffn_multiplier: PositiveInt = 4
+    dropout: UnitFloat = 0.1
+    epochs: PositiveInt = 50
+    batch_size: PositiveInt = 32
+    lr: float = 1e-4
+    min_lr: float = 1e-5
+    warmup_epochs: int = Field(10, ge=0)
+    weight_decay: float = 1e-2
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: Device = "auto"
+
+
+class CalibrateSettings(_Strict):
+    """Class-wise thresholds (METHOD.md decision): maximise segment F1 on a dense-labelled split.
+
+    Where the target dataset has no dense labels, `quantile` fallback: per class and modality, the
+    `quantile` of the logits over segments of videos whose weak label contains the class.
+    """
+
+    method: Literal["f1", "quantile"] = "f1"
+    split: Literal["train", "val"] = "val"
+    quantile: UnitFloat = 0.5
+    grid_size: PositiveInt = 201
+
+
+class PseudoLabelSettings(_Strict):
+    batch_size: PositiveInt = 256
+    device: Device = "auto"
+
+
+class HanSettings(_Strict):
+    """The HAN inference model (METHOD.md "Inference model")."""
+
+    inputs: Literal["official", "clip_clap"] = "clip_clap"
+    d_model: PositiveInt = 512
+    ffn: PositiveInt = 1024
+    heads: PositiveInt = 8
+    layers: PositiveInt = 1
+    dropout: UnitFloat = 0.1
+
+
+class TrainSettings(_Strict):
+    """Stage 2: HAN on the pseudo-labels with the UWAV losses (METHOD.md "Stage 2")."""
+
+    han: HanSettings = HanSettings()
+    epochs: PositiveInt = 80
+    batch_size: PositiveInt = 64
+    lr: float = 1e-4
+    min_lr: float = 5e-6
+    warmup_epochs: int = Field(10, ge=0)
+    weight_decay: float = 1e-2
+    grad_clip: float = 1.0
+    labels: Literal["soft", "binary"] = "soft"
+    reweight: bool = True
+    reweight_w: float = 0.5
+    reweight_mask: Literal["video_label", "binary_pseudo_label"] = "video_label"
+    mixup: bool = True
+    mixup_alpha: float = Field(1.7, gt=0)
+    mixup_targets: Literal["soft", "ceil"] = "soft"  # `ceil` is the AVE variant
+    seed: int = 0
+    device: Device = "auto"
+
+
+class EvaluateSettings(_Strict):
+    threshold: UnitFloat = 0.5
+    split: Literal["val", "test"] = "test"
+
+
+class StagesConfig(_Strict):
+    segment: SegmentSettings = SegmentSettings()
+    features: FeaturesSettings = FeaturesSettings()
+    pretrain: PretrainSettings = PretrainSettings()
+    calibrate: CalibrateSettings = CalibrateSettings()
+    pseudo_labels: PseudoLabelSettings = PseudoLabelSettings()
+    train: TrainSettings = TrainSettings()
+    evaluate: EvaluateSettings = EvaluateSettings()
+
+
+# ---------------------------------------------------------------- orchestration
+
+
+class OrchestrationConfig(_Strict):
+    """Scheduling only; the science does not depend on it."""
+
+    dask_address: str | None = None
+    dask_local_workers: PositiveInt | None = None
+    task_retries: int = Field(2, ge=0)
+    retry_delay_s: float = Field(2.0, ge=0)
+    retrain_cron: str = "0 3 * * *"
+
+
+class Catalog(_Strict):
+    version: Literal[1] = 1
+    datasets: dict[str, DatasetConfig]
+    target: str
+    pretrain: str
+    stores: StoresConfig = StoresConfig()
+    encoders: EncodersConfig = EncodersConfig()
+    stages: StagesConfig = StagesConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
+    # Folder of the catalog file; relative locations resolve against it. Not read from YAML.
+    base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> Catalog:
+        for role in ("target", "pretrain"):
+            name = getattr(self, role)
+            if name not in self.datasets:
+                raise ValueError(f"`{role}: {name}` names no entry of `datasets` ({sorted(self.datasets)})")
+        return self
+
+    def resolve(self, location: str | None) -> str | None:
+        """A catalog location as an absolute local path, or the fsspec URL unchanged."""
+        if location is None:
+            return None
+        if is_url(location):
+            return location
+        path = Path(os.path.expanduser(location))
+        return str(path if path.is_absolute() else (self.base_dir / path).resolve())
+
+    def dataset(self, name: str) -> DatasetConfig:
+        try:
+            return self.datasets[name]
+        except KeyError:
+            raise CatalogError(f"catalog: no dataset named {name!r} (have {sorted(self.datasets)})") from None
+
+    def store(self, which: Literal["features", "pseudo_labels", "runs"]) -> str:
+        return self.resolve(getattr(self.stores, which))  # type: ignore[return-value]
+
+    def locations(self) -> dict[str, str]:
+        """Every location the catalog names, by dotted key, resolved."""
+        found: dict[str, str] = {}
+        for name, ds in self.datasets.items():
+            for key in ("annotations", "media_root", "dense"):
+                value = getattr(ds, key)
+                if value is not None:
+                    found[f"datasets.{name}.{key}"] = self.resolve(value)  # type: ignore[assignment]
+        for key in ("features", "pseudo_labels", "runs"):
+            found[f"stores.{key}"] = self.store(key)  # type: ignore[arg-type]
+        for key in ("clip", "clap", "r2plus1d"):
+            checkpoint = getattr(self.encoders, key).checkpoint
+            if checkpoint is not None:
+                found[f"encoders.{key}.checkpoint"] = self.resolve(checkpoint)  # type: ignore[assignment]
+        if self.stages.features.official_root is not None:
+            found["stages.features.official_root"] = self.resolve(self.stages.features.official_root)  # type: ignore[assignment]
+        return found
+
+
+def _format_errors(path: Path, error: ValidationError) -> str:
+    lines = [f"{path}: invalid catalog"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_catalog(data: dict[str, Any], base_dir: Path, source: Path | str = "<catalog>") -> Catalog:
+    """Validate a catalog given as a mapping (as read from YAML)."""
+    if not isinstance(data, dict):
+        raise CatalogError(f"{source}: the catalog must be a mapping, got {type(data).__name__}")
+    if "base_dir" in data:
+        raise CatalogError(f"{source}: base_dir: unknown key")
+    try:
+        return Catalog.model_validate({**data, "base_dir": Path(base_dir).resolve()})
+    except ValidationError as error:
+        raise CatalogError(_format_errors(Path(source), error)) from None
+
+
+def load_catalog(path: str | Path) -> Catalog:
+    """Read and validate `data_catalog.yaml`; relative paths resolve against its folder."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise CatalogError(f"{path}: cannot read the catalog: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise CatalogError(f"{path}: not valid YAML: {error}") from None
+    return parse_catalog(data, path.resolve().parent, path)
+
+
+def check_catalog(catalog: Catalog) -> list[tuple[str, str, bool]]:
+    """(key, resolved location, exists) for every location; URLs are checked through fsspec."""
+    rows = []
+    for key, location in catalog.locations().items():
+        if is_url(location):
+            import fsspec
+
+            fs, inner = fsspec.core.url_to_fs(location)
+            exists = fs.exists(inner)
+        else:
+            exists = Path(location).exists()
+        rows.append((key, location, exists))
+    return rows

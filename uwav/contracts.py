@@ -1,0 +1,95 @@
+"""Data contracts shared by every stage, defined once (ARCHITECTURE.md, "Contracts between stages").
+
+Tables are polars DataFrames with exactly these columns and dtypes; `empty_*` builders and
+`validate_*` checks keep producers and consumers honest.
+"""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+
+MODALITIES: tuple[str, str] = ("audio", "visual")
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+MANIFEST_SCHEMA: dict[str, pl.DataType] = {
+    "video_id": pl.String(),
+    "dataset": pl.String(),
+    "split": pl.String(),
+    "media_path": pl.String(),  # absolute path or fsspec URL; null when the media is not available
+    "duration_s": pl.Float64(),
+    "n_segments": pl.Int32(),
+    "labels": pl.List(pl.String()),  # video-level (weak) labels, class names
+}
+
+# Dense labels: one row per event and modality, `onset`/`offset` are segment indices (half-open).
+DENSE_SCHEMA: dict[str, pl.DataType] = {
+    "video_id": pl.String(),
+    "modality": pl.String(),  # 'audio' | 'visual'
+    "label": pl.String(),
+    "onset": pl.Int32(),
+    "offset": pl.Int32(),
+}
+
+# Quarantine table (bad media never stops a run).
+QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
+    "video_id": pl.String(),
+    "path": pl.String(),
+    "stage": pl.String(),
+    "reason": pl.String(),
+    "time": pl.Datetime("us", "UTC"),
+}
+
+# Minimum length of a trailing partial segment for it to count (METHOD.md decision: a segment
+# is positive when an event covers at least half of it, so a segment exists when at least half of it exists).
+PARTIAL_SEGMENT_MIN_S = 0.5
+
+
+def n_segments_for_duration(duration_s: float) -> int:
+    """Number of 1-s segments of a video: whole seconds, plus the last partial one when it is >= 0.5 s.
+
+    10.03 s -> 10, 60.06 s -> 60, 42.7 s -> 43, 0.4 s -> 0 (too short to use).
+    """
+    if not math.isfinite(duration_s) or duration_s < 0:
+        raise ValueError(f"invalid duration {duration_s!r}")
+    return int(math.floor(duration_s + 1.0 - PARTIAL_SEGMENT_MIN_S + 1e-9))
+
+
+def empty_manifest() -> pl.DataFrame:
+    return pl.DataFrame(schema=MANIFEST_SCHEMA)
+
+
+def empty_dense() -> pl.DataFrame:
+    return pl.DataFrame(schema=DENSE_SCHEMA)
+
+
+def empty_quarantine() -> pl.DataFrame:
+    return pl.DataFrame(schema=QUARANTINE_SCHEMA)
+
+
+def _check_schema(df: pl.DataFrame, schema: dict[str, pl.DataType], what: str) -> pl.DataFrame:
+    missing = [c for c in schema if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what}: missing columns {missing}")
+    try:
+        return df.select([pl.col(c).cast(t, strict=True) for c, t in schema.items()])
+    except pl.exceptions.PolarsError as exc:
+        raise ValueError(f"{what}: columns do not match the contract: {exc}") from exc
+
+
+def validate_manifest(df: pl.DataFrame) -> pl.DataFrame:
+    """Cast to the manifest contract and check invariants; raises ValueError naming the problem."""
+    df = _check_schema(df, MANIFEST_SCHEMA, "manifest")
+    dup = df.filter(pl.col("video_id").is_duplicated())["video_id"].unique().to_list()
+    if dup:
+        raise ValueError(f"manifest: duplicate video ids {dup[:5]}")
+    return df
+
+
+def validate_dense(df: pl.DataFrame) -> pl.DataFrame:
+    df = _check_schema(df, DENSE_SCHEMA, "dense labels")
+    bad = df.filter(~pl.col("modality").is_in(list(MODALITIES)) | (pl.col("onset") >= pl.col("offset")))
+    if bad.height:
+        raise ValueError(f"dense labels: invalid rows, first: {bad.row(0, named=True)}")
+    return df
