@@ -173,7 +173,6 @@ class CalibrateSettings(_Strict):
     method: Literal["f1", "quantile"] = "f1"
     split: Literal["train", "val"] = "val"
     quantile: UnitFloat = 0.5
-    grid_size: PositiveInt = 201
 
 
 class PseudoLabelSettings(_Strict):
