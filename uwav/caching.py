@@ -1,0 +1,134 @@
+"""Stage fingerprints and completion records (ARCHITECTURE.md, "Caching and resumption").
+
+A stage's fingerprint hashes its settings, the fingerprints of its inputs and the source of the
+code it runs. Outputs of a stage live under `runs/<stage>/<fingerprint>/`; the record
+`runs/state/<stage>.json` names the fingerprint whose outputs are current and is written last,
+through a temporary file and a rename, so a crash never leaves a record pointing at half-written
+outputs. An unchanged fingerprint with a record means the stage is skipped, in Prefect and
+through `uwav run` alike.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
+def stable_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+@lru_cache(maxsize=None)
+def code_fingerprint(modules: tuple[str, ...]) -> str:
+    """Hash of the source files of the given package-relative modules or folders (e.g. 'media', 'stages.py')."""
+    digest = hashlib.sha256()
+    for module in sorted(modules):
+        path = PACKAGE_ROOT / module
+        files = sorted(path.rglob("*.py")) + sorted(path.rglob("*.json")) if path.is_dir() else [path]
+        if not files or not all(f.exists() for f in files):
+            raise FileNotFoundError(f"code fingerprint: no source for uwav/{module}")
+        for file in files:
+            digest.update(str(file.relative_to(PACKAGE_ROOT)).encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """Content hash of a file, or of every file under a folder (names and contents)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def fingerprint(stage: str, settings: Any, inputs: Mapping[str, str], code: Sequence[str]) -> str:
+    payload = {
+        "stage": stage,
+        "settings": settings,
+        "inputs": dict(inputs),
+        "code": code_fingerprint(tuple(code)),
+    }
+    return hashlib.sha256(stable_json(payload).encode()).hexdigest()[:16]
+
+
+@dataclass
+class StageRecord:
+    """What a finished stage left: its fingerprint, outputs (name -> location) and summary metrics."""
+
+    stage: str
+    fingerprint: str
+    outputs: dict[str, str]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)
+    finished_at: float = field(default_factory=time.time)
+    seconds: float = 0.0
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StageRecord:
+        return cls(**data)
+
+
+class StateDir:
+    """The `runs/state/` folder of a catalog: one record per stage, plus a lock for whole runs."""
+
+    def __init__(self, runs_dir: str | Path) -> None:
+        self.runs_dir = Path(runs_dir)
+        self.path = self.runs_dir / "state"
+
+    def stage_dir(self, stage: str, stage_fingerprint: str) -> Path:
+        return self.runs_dir / stage / stage_fingerprint
+
+    def record(self, stage: str) -> StageRecord | None:
+        path = self.path / f"{stage}.json"
+        if not path.exists():
+            return None
+        try:
+            return StageRecord.from_json(json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError) as error:
+            raise ValueError(f"{path}: unreadable stage record ({error}); delete it to recompute {stage}") from None
+
+    def write(self, record: StageRecord) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        final = self.path / f"{record.stage}.json"
+        tmp = self.path / f".{record.stage}.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(asdict(record), indent=2, default=str))
+        os.replace(tmp, final)
+
+    def forget(self, stage: str) -> None:
+        (self.path / f"{stage}.json").unlink(missing_ok=True)
+
+    @contextmanager
+    def lock(self, timeout_s: float = 3600.0) -> Iterator[None]:
+        """Exclusive lock for one pipeline run on this catalog; a second run waits, then fails clearly."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path / "pipeline.lock"
+        with lock_path.open("a+") as handle:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{lock_path}: another uwav run holds the lock") from None
+                    time.sleep(0.2)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
