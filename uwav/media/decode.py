@@ -1,0 +1,443 @@
+"""Decode a video once into 1-s segments: centre frames (CLIP), 8-frame clips (R(2+1)D), audio (CLAP).
+
+One pass over the container with PyAV: video and audio packets are demuxed together and decoded
+in memory (no ffmpeg subprocess, no intermediate JPEG or WAV files). H.264 forces decoding every
+frame, so speed comes from converting to RGB only the frames that are selected.
+
+Rules (ARCHITECTURE.md, "Contracts between stages"; METHOD.md):
+
+- **Time origin** is the video stream's start time; segment t covers [t, t+1) seconds after it.
+- **Duration** is the video stream's duration from the container header; when the header has none,
+  the container's duration (measured from the video start); when neither exists, the end of the
+  last demuxed video packet. `probe_duration` applies the same rule without decoding, so a manifest
+  built with it agrees with `decode_segments` on `n_segments`.
+- **Segment count** is `uwav.contracts.n_segments_for_duration(duration)`: whole seconds plus a last
+  partial segment when at least 0.5 s of it exists (10.03 s -> 10, 5.6 s -> 6, 0.4 s -> error).
+- **Frames are chosen by presentation time**, not index, so variable frame rate works: for each
+  target time the frame on screen at that time (the last frame starting at or before it; the first
+  frame for targets before it). The centre frame of segment t targets t + 0.5 s; the 8 clip frames
+  target t + (k + 0.5) / 8 s. A frame's display interval is [pts, pts + duration).
+- **Never garbage:** every target must lie within 0.5 s (`MAX_FRAME_GAP_S`, half a segment) of the
+  display interval of the frame chosen for it. A truncated file whose header promises more than
+  decodes, missing frames mid-stream, or a late first frame raise `MediaError`; a legitimate partial
+  last segment (>= 0.5 s of video) always passes and takes the last frame for targets past the end.
+  Packets that fail to decode are skipped and counted; the gap rule decides whether the rest is usable.
+- **Clip frames** follow torchvision's R(2+1)D Kinetics-400 preprocessing: resize to 128 x 171
+  (height x width, aspect not preserved, bilinear), then centre crop 112 x 112. Centre frames keep
+  the native resolution unless `max_side` caps the longer side (CLIP resizes to 224 later anyway).
+- **Audio** is decoded once, averaged to mono (as librosa does for CLAP's reference pipeline),
+  resampled with soxr "HQ" (librosa's default resampler) to `audio_rate`, aligned so sample 0 is
+  the video start (later audio start: leading zeros; earlier: trimmed), cut into `n_segments` rows
+  of `audio_rate` samples and zero-padded at the end (the partial last segment). Audio is marked
+  missing (`audio is None`, `audio_missing_reason` says why) when there is no audio stream, when it
+  decodes to nothing, or when it does not cover at least half of the first and of the last segment
+  (with `AUDIO_SHORTFALL_TOLERANCE_S` of slack for codec frame granularity): visual features are still
+  produced in that case.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import av
+import numpy as np
+import soxr
+from av.video.reformatter import VideoReformatter
+
+from uwav.contracts import PARTIAL_SEGMENT_MIN_S, n_segments_for_duration
+
+FRAMES_PER_CLIP = 8
+CLIP_RESIZE_HW = (128, 171)  # torchvision R2Plus1D_18_Weights.KINETICS400_V1 transforms
+CLIP_CROP = 112
+MAX_FRAME_GAP_S = PARTIAL_SEGMENT_MIN_S
+AUDIO_SHORTFALL_TOLERANCE_S = 0.1  # audio streams often end a codec frame or two before the video
+
+# FFmpeg demuxers that render text files (chosen by file extension, e.g. `.txt` -> `tty`) or read
+# still images: they "decode" to frames, but the file is not a video.
+_NOT_VIDEO_DEMUXERS = frozenset({"tty", "bin", "xbin", "adf", "idf", "image2", "image2pipe"})
+
+MediaSource = str | os.PathLike[str] | BinaryIO
+
+
+class MediaError(Exception):
+    """A media file that cannot be used; `reason` says why (it goes to the quarantine table)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+@dataclass(frozen=True, eq=False)
+class DecodedSegments:
+    """One video cut into `n_segments` 1-s segments. Arrays are None when not requested."""
+
+    n_segments: int
+    duration_s: float
+    source_fps: float  # mean decoded frame rate
+    centre_frames: np.ndarray | None  # (n, H, W, 3) uint8
+    centre_times: np.ndarray  # (n,) float64: start time (s) of the frame chosen for t + 0.5
+    clip_frames: np.ndarray | None  # (n, 8, 112, 112, 3) uint8
+    clip_times: np.ndarray  # (n, 8) float64: start times of the frames chosen for the clips
+    audio: np.ndarray | None  # (n, audio_rate) float32 mono
+    audio_rate: int
+    audio_missing_reason: str | None  # set when audio was requested but is unusable
+    n_frames_decoded: int
+    n_undecodable_packets: int
+
+
+def source_name(source: MediaSource) -> str:
+    """Printable name of a media source: the path or URL, or a file object's name."""
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    return str(getattr(source, "name", repr(source)))
+
+
+def _open_container(source: MediaSource, stack: ExitStack) -> av.container.InputContainer:
+    """Open a local path, an fsspec URL (the manifest's `media_path` may be one) or a binary file object."""
+    name = source_name(source)
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        try:
+            if "://" in path and not path.startswith("file://"):
+                import fsspec  # only needed for remote media
+
+                fs, fs_path = fsspec.core.url_to_fs(path)
+                size = fs.size(fs_path)
+                fileobj: BinaryIO | str = stack.enter_context(fs.open(fs_path, "rb"))
+            else:
+                path = path.removeprefix("file://")
+                size = os.path.getsize(path)
+                fileobj = path
+        except FileNotFoundError as exc:
+            raise MediaError(name, "file not found") from exc
+        except OSError as exc:
+            raise MediaError(name, f"cannot read file: {exc}") from exc
+        if size == 0:
+            raise MediaError(name, "empty file (0 bytes)")
+    else:
+        fileobj = source
+    try:
+        container = av.open(fileobj, mode="r")
+    except av.FFmpegError as exc:
+        raise MediaError(name, f"not a readable media file: {exc}") from exc
+    stack.callback(container.close)
+    if container.format.name in _NOT_VIDEO_DEMUXERS or container.format.name.endswith("_pipe"):
+        raise MediaError(name, f"not a video (FFmpeg reads it as {container.format.name!r}: text or still image)")
+    return container
+
+
+def _video_stream(container: av.container.InputContainer, name: str) -> av.VideoStream:
+    streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    if not streams:
+        raise MediaError(name, "no video stream")
+    return streams[0]
+
+
+def _header_duration(container: av.container.InputContainer, video: av.VideoStream) -> float | None:
+    """Duration from the header (see module docstring), or None when the header has none."""
+    if video.duration is not None and video.duration > 0:
+        return float(video.duration * video.time_base)
+    if container.duration is not None and container.duration > 0:
+        video_start = float(video.start_time * video.time_base) if video.start_time is not None else 0.0
+        container_start = container.start_time / av.time_base if container.start_time is not None else 0.0
+        return container.duration / av.time_base - (video_start - container_start)
+    return None
+
+
+def _video_origin(video: av.VideoStream) -> float | None:
+    return float(video.start_time * video.time_base) if video.start_time is not None else None
+
+
+def probe_duration(source: MediaSource) -> float:
+    """Duration (s) by the same rule as `decode_segments`, from the header (no decoding).
+
+    Falls back to demuxing video packets when the header has no duration. Raises MediaError.
+    """
+    name = source_name(source)
+    with ExitStack() as stack:
+        container = _open_container(source, stack)
+        video = _video_stream(container, name)
+        duration = _header_duration(container, video)
+        if duration is not None:
+            return duration
+        packet_end = _PacketEnd(_video_origin(video))
+        try:
+            for packet in container.demux(video):
+                packet_end.update(packet)
+        except av.FFmpegError as exc:
+            raise MediaError(name, f"demuxing failed: {exc}") from exc
+        if packet_end.end_s is None:
+            raise MediaError(name, "no video packets with timestamps")
+        return packet_end.end_s
+
+
+class _PacketEnd:
+    """End time (s, from the origin) of the last video packet: the duration of last resort."""
+
+    def __init__(self, origin_s: float | None) -> None:
+        self.origin_s = origin_s
+        self.end_s: float | None = None
+
+    def update(self, packet: av.Packet) -> None:
+        if packet.pts is None:
+            return
+        start = float(packet.pts * packet.time_base)
+        if self.origin_s is None:
+            self.origin_s = start
+        end = start + float((packet.duration or 0) * packet.time_base) - self.origin_s
+        self.end_s = end if self.end_s is None else max(self.end_s, end)
+
+
+def _segment_targets(segment: int) -> list[tuple[float, int]]:
+    """Target times of one segment in time order, with their slot: -1 = centre frame, k = clip frame k."""
+    targets = [(segment + 0.5, -1)]
+    targets += [(segment + (k + 0.5) / FRAMES_PER_CLIP, k) for k in range(FRAMES_PER_CLIP)]
+    return sorted(targets)
+
+
+class _Candidate:
+    """A decoded frame on screen over [start_s, end_s); converted to RGB lazily, once per output kind."""
+
+    def __init__(self, frame: av.VideoFrame, start_s: float, end_s: float | None) -> None:
+        self.frame: av.VideoFrame | None = frame  # released once a later frame replaces it
+        self.start_s = start_s
+        self.end_s = end_s
+        self.centre_rgb: np.ndarray | None = None
+        self.clip_rgb: np.ndarray | None = None
+
+
+class _FrameSelector:
+    """Streams decoded frames in presentation order and keeps RGB copies of the selected ones only."""
+
+    def __init__(self, name: str, want_centre: bool, want_clip: bool, max_side: int | None) -> None:
+        self.name = name
+        self.want_centre = want_centre
+        self.want_clip = want_clip
+        self.max_side = max_side
+        self.centre_size: tuple[int, int] | None = None  # (width, height), fixed by the first frame
+        self.centre_reformatter = VideoReformatter()  # one each so swscale contexts are reused
+        self.clip_reformatter = VideoReformatter()
+        self.segments: list[dict[int, _Candidate]] = []  # per segment: slot -> chosen frame
+        self.pending: list[tuple[float, int]] = []  # targets of the current segment not yet served
+        self.last: _Candidate | None = None
+        self.n_frames = 0
+        self.first_start_s: float | None = None
+        self.limit: int | None = None  # segments to serve; None while unknown
+
+    def _next_target(self) -> tuple[float, int] | None:
+        if not self.pending:
+            if self.limit is not None and len(self.segments) >= self.limit:
+                return None
+            self.segments.append({})
+            self.pending = _segment_targets(len(self.segments) - 1)
+        return self.pending[0]
+
+    def _serve(self, candidate: _Candidate, time_s: float, slot: int, gap_s: float) -> None:
+        if gap_s > MAX_FRAME_GAP_S:
+            raise MediaError(
+                self.name,
+                f"no decodable video frame within {MAX_FRAME_GAP_S} s of t={time_s:.3f} s "
+                f"(nearest frame shows {candidate.start_s:.3f}-{candidate.end_s:.3f} s): truncated or corrupt",
+            )
+        if slot == -1 and self.want_centre and candidate.centre_rgb is None:
+            candidate.centre_rgb = self._centre_rgb(candidate.frame)
+        if slot >= 0 and self.want_clip and candidate.clip_rgb is None:
+            candidate.clip_rgb = self._clip_rgb(candidate.frame)
+        self.segments[-1][slot] = candidate
+        self.pending.pop(0)
+
+    def push(self, frame: av.VideoFrame, start_s: float) -> None:
+        duration_s = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else 0.0
+        current = _Candidate(frame, start_s, start_s + duration_s if duration_s > 0 else None)
+        self.n_frames += 1
+        previous = self.last
+        if previous is None:
+            self.first_start_s = start_s
+        elif previous.end_s is None:
+            previous.end_s = max(start_s, previous.start_s)
+        while (target := self._next_target()) is not None and target[0] < start_s:
+            time_s, slot = target
+            if previous is None:  # targets before the first frame take it
+                self._serve(current, time_s, slot, start_s - time_s)
+            else:
+                self._serve(previous, time_s, slot, max(0.0, time_s - previous.end_s))
+        if previous is not None:  # only its RGB copies (if selected) are kept: bounded memory
+            previous.frame = None
+        self.last = current
+
+    def finish(self, n_segments: int) -> list[dict[int, _Candidate]]:
+        """Serve the targets past the last frame (partial last segment) and return n_segments segments."""
+        last = self.last
+        if last is None:
+            raise MediaError(self.name, "no decodable video frames")
+        if last.end_s is None:  # no duration: assume the mean frame period so far
+            period = (last.start_s - self.first_start_s) / (self.n_frames - 1) if self.n_frames > 1 else 0.0
+            last.end_s = last.start_s + period
+        if len(self.segments) > n_segments:  # decoded past the end: drop the extra segment's targets
+            del self.segments[n_segments:]
+            self.pending = []
+        self.limit = n_segments
+        while (target := self._next_target()) is not None:
+            time_s, slot = target
+            self._serve(last, time_s, slot, max(0.0, time_s - last.end_s))
+        return self.segments
+
+    def _centre_rgb(self, frame: av.VideoFrame) -> np.ndarray:
+        if self.centre_size is None:
+            width, height = frame.width, frame.height
+            if self.max_side is not None and max(width, height) > self.max_side:
+                scale = self.max_side / max(width, height)
+                width, height = max(1, round(width * scale)), max(1, round(height * scale))
+            self.centre_size = (width, height)
+        width, height = self.centre_size
+        rgb = self.centre_reformatter.reformat(frame, width=width, height=height, format="rgb24", threads=1)
+        return rgb.to_ndarray()
+
+    def _clip_rgb(self, frame: av.VideoFrame) -> np.ndarray:
+        resize_h, resize_w = CLIP_RESIZE_HW
+        rgb = self.clip_reformatter.reformat(frame, width=resize_w, height=resize_h, format="rgb24", threads=1)
+        top, left = (resize_h - CLIP_CROP) // 2, (resize_w - CLIP_CROP) // 2
+        return rgb.to_ndarray()[top : top + CLIP_CROP, left : left + CLIP_CROP]
+
+
+class _AudioCollector:
+    """Decoded audio as float32 planar chunks at the source rate, with the time of the first sample."""
+
+    def __init__(self) -> None:
+        self.converter = av.AudioResampler(format="fltp")  # format only; passthrough for AAC's fltp
+        self.chunks: list[np.ndarray] = []
+        self.start_s: float | None = None
+        self.rate: int | None = None
+        self.unusable_reason: str | None = None
+
+    def push(self, frame: av.AudioFrame) -> None:
+        if self.unusable_reason is not None:
+            return
+        if self.rate is None:
+            self.rate = frame.sample_rate
+            self.start_s = frame.time
+        elif frame.sample_rate != self.rate:
+            self.unusable_reason = f"audio sample rate changes mid-stream ({self.rate} -> {frame.sample_rate} Hz)"
+            return
+        try:
+            converted = self.converter.resample(frame)
+        except ValueError as exc:  # PyAV refuses frames whose layout differs from the first one
+            self.unusable_reason = f"audio layout changes mid-stream: {exc}"
+            return
+        self.chunks.extend(chunk.to_ndarray() for chunk in converted)
+
+    def segments(self, origin_s: float, n_segments: int, audio_rate: int) -> tuple[np.ndarray | None, str | None]:
+        """(n_segments, audio_rate) float32 mono aligned to the video origin, or (None, reason)."""
+        if self.unusable_reason is not None:
+            return None, f"{self.unusable_reason}; audio features missing"
+        self.chunks.extend(chunk.to_ndarray() for chunk in self.converter.resample(None))
+        if not self.chunks or self.rate is None:
+            return None, "audio stream has no decodable samples; audio features missing"
+        mono = np.concatenate(self.chunks, axis=1).mean(axis=0, dtype=np.float32)
+        if self.rate != audio_rate:
+            mono = soxr.resample(mono, self.rate, audio_rate, quality="HQ").astype(np.float32, copy=False)
+        start_s = (self.start_s if self.start_s is not None else origin_s) - origin_s
+        end_s = start_s + mono.size / audio_rate
+        needed_end_s = n_segments - 1 + PARTIAL_SEGMENT_MIN_S - AUDIO_SHORTFALL_TOLERANCE_S
+        if start_s > PARTIAL_SEGMENT_MIN_S + AUDIO_SHORTFALL_TOLERANCE_S or end_s < needed_end_s:
+            reason = f"audio covers only {start_s:.2f}-{end_s:.2f} s of {n_segments} segments; audio features missing"
+            return None, reason
+        out = np.zeros(n_segments * audio_rate, dtype=np.float32)
+        offset = round(start_s * audio_rate)
+        src = mono[max(0, -offset) :]
+        dst_start = max(0, offset)
+        count = min(src.size, out.size - dst_start)
+        out[dst_start : dst_start + count] = src[:count]
+        return out.reshape(n_segments, audio_rate), None
+
+
+def decode_segments(
+    path: MediaSource,
+    audio_rate: int = 48000,
+    *,
+    centre: bool = True,
+    clip: bool = True,
+    audio: bool = True,
+    max_side: int | None = None,
+) -> DecodedSegments:
+    """Decode a video once into 1-s segments (rules in the module docstring).
+
+    `path`: local path, fsspec URL or binary file object. `centre`/`clip`/`audio` skip outputs a
+    caller does not need (the video is always decoded: it defines the segments). Raises MediaError
+    for media it cannot use; a missing or unusable audio track is not an error (`audio_missing_reason`).
+    """
+    if audio_rate <= 0:
+        raise ValueError(f"audio_rate must be positive, got {audio_rate}")
+    if max_side is not None and max_side <= 0:
+        raise ValueError(f"max_side must be positive, got {max_side}")
+    name = source_name(path)
+    with ExitStack() as stack:
+        container = _open_container(path, stack)
+        video = _video_stream(container, name)
+        video.thread_type = "AUTO"  # frame + slice threads: decoding every frame is the main cost
+        audio_stream = container.streams.audio[0] if audio and container.streams.audio else None
+        header_duration = _header_duration(container, video)
+        origin_s = _video_origin(video)
+        selector = _FrameSelector(name, centre, clip, max_side)
+        if header_duration is not None:
+            selector.limit = n_segments_for_duration(header_duration)
+            if selector.limit == 0:
+                raise MediaError(name, f"shorter than one segment ({header_duration:.2f} s; a segment needs >= 0.5 s)")
+        packet_end = _PacketEnd(origin_s)
+        collector = _AudioCollector() if audio_stream is not None else None
+        n_undecodable = 0
+        streams = [video] if audio_stream is None else [video, audio_stream]
+        try:
+            for packet in container.demux(streams):
+                if packet.stream is video:
+                    packet_end.update(packet)
+                try:
+                    frames = packet.decode()
+                except av.FFmpegError:  # skipped; the frame-gap rule decides if the rest is usable
+                    n_undecodable += 1
+                    continue
+                for frame in frames:
+                    if packet.stream is not video:
+                        collector.push(frame)
+                    elif frame.time is not None:  # a frame without a timestamp cannot be placed
+                        if origin_s is None:  # no stream start time: the first packet's pts
+                            origin_s = packet_end.origin_s if packet_end.origin_s is not None else frame.time
+                        selector.push(frame, frame.time - origin_s)
+        except av.FFmpegError as exc:
+            raise MediaError(name, f"demuxing failed: {exc}") from exc
+        duration_s = header_duration if header_duration is not None else packet_end.end_s
+        if duration_s is None:
+            raise MediaError(name, "no video packets with timestamps")
+        n_segments = n_segments_for_duration(duration_s)
+        if n_segments == 0:
+            raise MediaError(name, f"shorter than one segment ({duration_s:.2f} s; a segment needs >= 0.5 s)")
+        segments = selector.finish(n_segments)
+
+        if audio and collector is None:
+            audio_rows, audio_missing = None, "no audio stream; audio features missing"
+        elif collector is not None:
+            audio_rows, audio_missing = collector.segments(origin_s or 0.0, n_segments, audio_rate)
+        else:
+            audio_rows, audio_missing = None, None
+
+    decoded_span = selector.last.end_s - selector.first_start_s
+    return DecodedSegments(
+        n_segments=n_segments,
+        duration_s=duration_s,
+        source_fps=selector.n_frames / decoded_span if decoded_span > 0 else float("nan"),
+        centre_frames=np.stack([seg[-1].centre_rgb for seg in segments]) if centre else None,
+        centre_times=np.array([seg[-1].start_s for seg in segments], dtype=np.float64),
+        clip_frames=(
+            np.stack([[seg[k].clip_rgb for k in range(FRAMES_PER_CLIP)] for seg in segments]) if clip else None
+        ),
+        clip_times=np.array([[seg[k].start_s for k in range(FRAMES_PER_CLIP)] for seg in segments], dtype=np.float64),
+        audio=audio_rows,
+        audio_rate=audio_rate,
+        audio_missing_reason=audio_missing,
+        n_frames_decoded=selector.n_frames,
+        n_undecodable_packets=n_undecodable,
+    )
