@@ -1,0 +1,162 @@
+"""The inference model: HAN with attentive MMIL pooling (METHOD.md "Inference model").
+
+Faithful to the reference implementations (AVVP-ECCV20 `nets/net_audiovisual.py` and VALOR's
+`main_network.py`, which UWAV builds on); module names follow them (`fc_a`, `fc_v`, `fc_st`,
+`fc_fusion`, `cm_attn`, `self_attn`, `linear1/2`, `norm1/2`, `fc_prob`, `fc_frame_att`, `fc_av_att`).
+
+Order of the two modality updates: METHOD.md (and VALOR) apply the shared layer to the audio
+first and let the visual stream attend to the *updated* audio. The ECCV20 code attends to the
+not-yet-updated audio instead; we follow METHOD.md.
+
+Differences from the reference that do not change the function: `batch_first` attention (the
+reference permutes to (T, B, D)); the 8 ResNet frames of a segment are averaged before `fc_v`
+rather than after (a linear map commutes with the mean; 8x cheaper). Addition: an optional
+key-padding mask for variable-length videos (LLP/AVE clips are all 10 segments and pass None).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from uwav.catalog import HanSettings
+
+AUDIO, VISUAL = 0, 1  # order of the modality axis of every (B, T, 2, ...) output
+
+
+@dataclass(frozen=True)
+class HANOutput:
+    """HAN outputs; the modality axis is (audio, visual).
+
+    video_prob: (B, C) attentive-MMIL video probability P.
+    segment_logits / segment_prob: (B, T, 2, C) z and sigmoid(z).
+    features: (B, T, 2, d) segment features after the HAN layers, before `fc_prob` (mixup input).
+    """
+
+    video_prob: Tensor
+    segment_prob: Tensor
+    segment_logits: Tensor
+    features: Tensor
+
+
+class HANLayer(nn.Module):
+    """One hybrid-attention layer, post-norm:
+
+    `x = LN1(x + Drop(CrossAttn(x, other, other)) + Drop(SelfAttn(x, x, x)))`,
+    `x = LN2(x + Drop(W2 Drop(ReLU(W1 x))))`.
+    """
+
+    def __init__(self, d_model: int, heads: int, ffn: int, dropout: float) -> None:
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
+        self.cm_attn = nn.MultiheadAttention(d_model, heads, dropout=dropout, batch_first=True)
+        self.linear1 = nn.Linear(d_model, ffn)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(ffn, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout11 = nn.Dropout(dropout)
+        self.dropout12 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, other: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """x, other: (B, T, d); padding_mask: (B, T) bool, True = padded segment."""
+        # need_weights=False lets MultiheadAttention use scaled_dot_product_attention.
+        cross = self.cm_attn(x, other, other, key_padding_mask=padding_mask, need_weights=False)[0]
+        own = self.self_attn(x, x, x, key_padding_mask=padding_mask, need_weights=False)[0]
+        x = self.norm1(x + self.dropout11(cross) + self.dropout12(own))
+        x = self.norm2(x + self.dropout2(self.linear2(self.dropout(F.relu(self.linear1(x))))))
+        return x
+
+
+class HAN(nn.Module):
+    """HAN + attentive MMIL pooling.
+
+    Inputs: audio (VGGish 128-d or CLAP), 2-D visual (ResNet-152 2048-d or CLIP), 3-D visual
+    (R(2+1)D-18 512-d); the dims are constructor arguments. The layers are shared by both modalities.
+    """
+
+    def __init__(
+        self,
+        n_classes: int = 25,
+        audio_dim: int = 128,
+        visual2d_dim: int = 2048,
+        visual3d_dim: int = 512,
+        d_model: int = 512,
+        ffn: int = 1024,
+        heads: int = 8,
+        layers: int = 1,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if d_model % heads != 0:
+            raise ValueError(f"HAN: {heads} attention heads do not divide d_model={d_model}")
+        self.n_classes = n_classes
+        self.fc_a = nn.Linear(audio_dim, d_model)
+        self.fc_v = nn.Linear(visual2d_dim, d_model)
+        self.fc_st = nn.Linear(visual3d_dim, d_model)
+        self.fc_fusion = nn.Linear(2 * d_model, d_model)
+        self.han_layers = nn.ModuleList(HANLayer(d_model, heads, ffn, dropout) for _ in range(layers))
+        self.fc_prob = nn.Linear(d_model, n_classes)
+        self.fc_frame_att = nn.Linear(d_model, n_classes)
+        self.fc_av_att = nn.Linear(d_model, n_classes)
+
+    @classmethod
+    def from_settings(
+        cls, settings: HanSettings, n_classes: int, audio_dim: int, visual2d_dim: int, visual3d_dim: int
+    ) -> HAN:
+        return cls(
+            n_classes=n_classes,
+            audio_dim=audio_dim,
+            visual2d_dim=visual2d_dim,
+            visual3d_dim=visual3d_dim,
+            d_model=settings.d_model,
+            ffn=settings.ffn,
+            heads=settings.heads,
+            layers=settings.layers,
+            dropout=settings.dropout,
+        )
+
+    def encode(
+        self, audio: Tensor, visual2d: Tensor, visual3d: Tensor, padding_mask: Tensor | None = None
+    ) -> Tensor:
+        """Segment features f~ (B, T, 2, d) after the HAN layers (modality axis: audio, visual)."""
+        # Feature stores may hold float16; compute in the weights' dtype (autocast still applies on top).
+        dtype = self.fc_a.weight.dtype
+        audio, visual2d, visual3d = audio.to(dtype), visual2d.to(dtype), visual3d.to(dtype)
+        if visual2d.dim() == 4:  # (B, T, frames, D): the mean commutes with fc_v, so average first
+            visual2d = visual2d.mean(dim=2)
+        if not (audio.shape[:2] == visual2d.shape[:2] == visual3d.shape[:2]):
+            raise ValueError(
+                f"HAN: inputs disagree on (batch, segments): audio {tuple(audio.shape)}, "
+                f"visual2d {tuple(visual2d.shape)}, visual3d {tuple(visual3d.shape)}"
+            )
+        a = self.fc_a(audio)
+        v = self.fc_fusion(torch.cat((self.fc_v(visual2d), self.fc_st(visual3d)), dim=-1))
+        for layer in self.han_layers:
+            a = layer(a, v, padding_mask)
+            v = layer(v, a, padding_mask)  # the visual update attends to the updated audio
+        return torch.stack((a, v), dim=2)
+
+    def classify(self, features: Tensor) -> Tensor:
+        """Segment logits from segment features (..., d) -> (..., C): the shared classifier `fc_prob`."""
+        return self.fc_prob(features)
+
+    def forward(
+        self, audio: Tensor, visual2d: Tensor, visual3d: Tensor, padding_mask: Tensor | None = None
+    ) -> HANOutput:
+        """audio (B, T, Da); visual2d (B, T, Dv) or (B, T, frames, Dv); visual3d (B, T, D3);
+        padding_mask (B, T) bool, True = padded segment, or None."""
+        features = self.encode(audio, visual2d, visual3d, padding_mask)
+        logits = self.classify(features)
+        prob = torch.sigmoid(logits)
+        time_scores = self.fc_frame_att(features)
+        if padding_mask is not None:
+            time_scores = time_scores.masked_fill(padding_mask[:, :, None, None], float("-inf"))
+        time_weights = torch.softmax(time_scores, dim=1)
+        modality_weights = torch.softmax(self.fc_av_att(features), dim=2)
+        video_prob = (time_weights * modality_weights * prob).sum(dim=(1, 2))
+        return HANOutput(video_prob=video_prob, segment_prob=prob, segment_logits=logits, features=features)

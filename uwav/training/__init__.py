@@ -1,0 +1,1 @@
+"""Training: losses, schedules, the two training loops, checkpoints (import the submodules directly)."""

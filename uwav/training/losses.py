@@ -1,0 +1,317 @@
+"""Losses of both training stages and the pseudo-labels they learn from (METHOD.md).
+
+Shapes: B videos, T segments, C classes, d feature width. Every `padding_mask` is (B, T) bool with
+True marking a padded segment; padded segments never enter a loss. Every stage-2 tensor with a
+modality axis is (B, T, 2, ...) in the order (audio, visual) of `uwav.models.HANOutput`.
+
+Reductions (decision, matching the reference's mean-reduced BCE): each BCE term is the mean over the
+real (video, segment, class) elements of one modality; modality terms are summed. Losses are
+computed in float32 whatever the input precision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from uwav.catalog import TrainSettings
+from uwav.models.han import HANOutput
+
+# The reference clamps the video probability before its BCE (VALOR / AVVP-ECCV20 training loops).
+VIDEO_PROB_EPS = 1e-7
+
+
+def _real_segments(padding_mask: Tensor | None, like: Tensor) -> Tensor:
+    """(B, T) float, 1 for real segments."""
+    if padding_mask is None:
+        return torch.ones(like.shape[:2], dtype=torch.float32, device=like.device)
+    return (~padding_mask).to(torch.float32)
+
+
+def _per_segment(video_labels: Tensor, like: Tensor) -> Tensor:
+    """Video labels (B, C) reshaped to broadcast against `like` (B, T, [...,] C)."""
+    return video_labels.reshape(video_labels.shape[0], *([1] * (like.dim() - 2)), video_labels.shape[-1])
+
+
+# ---------------------------------------------------------------- stage 1
+
+
+def plg_loss(
+    visual_logits: Tensor,
+    audio_logits: Tensor,
+    segment_labels: Tensor,
+    padding_mask: Tensor | None = None,
+) -> Tensor:
+    """Stage-1 loss `BCE(p^v * p^a, y')`, mean over real (video, segment, class) elements.
+
+    Logits and labels are (B, T, C). Computed in log space for stability:
+    `log p^av = logsig(z^v) + logsig(z^a)` and
+    `log(1 - p^av) = log((1 - p^v) + p^v (1 - p^a)) = logaddexp(logsig(-z^v), logsig(z^v) + logsig(-z^a))`.
+    """
+    zv, za, y = visual_logits.float(), audio_logits.float(), segment_labels.float()
+    log_pv = F.logsigmoid(zv)
+    log_p = log_pv + F.logsigmoid(za)
+    log_not_p = torch.logaddexp(F.logsigmoid(-zv), log_pv + F.logsigmoid(-za))
+    bce = -(y * log_p + (1.0 - y) * log_not_p)
+    real = _real_segments(padding_mask, bce)
+    return (bce * real[..., None]).sum() / (real.sum() * bce.shape[-1])
+
+
+# ---------------------------------------------------------------- pseudo-labels (eq. 10, 12)
+
+
+def binary_pseudo_labels(logits: Tensor, thresholds: Tensor, video_labels: Tensor) -> Tensor:
+    """Eq. 10: `y^_t = 1[z_t > theta] * y`. logits (B, T, C), thresholds (C,), video_labels (B, C)."""
+    return (logits > thresholds).to(logits.dtype) * _per_segment(video_labels, logits).to(logits.dtype)
+
+
+def soft_pseudo_labels(logits: Tensor, thresholds: Tensor, video_labels: Tensor) -> Tensor:
+    """Eq. 12: `p^_t = sigmoid(z_t - theta) * y`. logits (B, T, C), thresholds (C,), video_labels (B, C)."""
+    return torch.sigmoid(logits - thresholds) * _per_segment(video_labels, logits).to(logits.dtype)
+
+
+# ---------------------------------------------------------------- class-balanced weights (eq. 17-19)
+
+
+class ClassBalanceWeights(NamedTuple):
+    """Per-modality weights of the positive (mask = 1) and negative (mask = 0) BCE elements."""
+
+    positive: float
+    negative: float
+
+
+UNIT_WEIGHTS = ClassBalanceWeights(1.0, 1.0)
+
+
+def class_balance_weights(
+    binary_labels: Tensor | np.ndarray, w: float = 0.5, padding_mask: Tensor | np.ndarray | None = None
+) -> ClassBalanceWeights:
+    """Eq. 18-19 for one modality over the whole training set.
+
+    binary_labels: (N, T, C) binary pseudo-labels y^^ of every training video; padding_mask (N, T)
+    True = padded (excluded from the means). With `r = mean(y^^)` over (videos, segments, classes):
+    `w_pos = w * (1 - r)`, `w_neg = r`.
+    """
+    labels = torch.as_tensor(binary_labels, dtype=torch.float64)
+    if labels.dim() != 3:
+        raise ValueError(f"class_balance_weights: expected (videos, segments, classes), got {tuple(labels.shape)}")
+    real = torch.ones(labels.shape[:2], dtype=torch.float64)
+    if padding_mask is not None:
+        real = (~torch.as_tensor(padding_mask, dtype=torch.bool)).to(torch.float64)
+    n_elements = real.sum() * labels.shape[-1]
+    if n_elements == 0:
+        raise ValueError("class_balance_weights: no real segments to average over")
+    positive_rate = float((labels * real[..., None]).sum() / n_elements)
+    return ClassBalanceWeights(positive=w * (1.0 - positive_rate), negative=positive_rate)
+
+
+# ---------------------------------------------------------------- mixup (eq. 14-16)
+
+
+def sample_mixup_pairing(
+    n: int, alpha: float, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """A random pairing of n segments and one `lambda ~ Beta(alpha, alpha)` per pair (CPU tensors).
+
+    Returns (partner index (n,) int64, lambda (n,) float32): segment i is mixed with `partner[i]`.
+    Deterministic given a CPU `generator` (the global torch RNG when None). torch has no seeded Beta
+    sampler, so lambda is drawn by numpy from a seed taken from the generator.
+    """
+    partner = torch.randperm(n, generator=generator)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    lam = np.random.default_rng(seed).beta(alpha, alpha, size=n)
+    return partner, torch.from_numpy(lam).to(torch.float32)
+
+
+def mix(values: Tensor, partner: Tensor, lam: Tensor) -> Tensor:
+    """`lambda_i * values_i + (1 - lambda_i) * values_partner[i]` along the first axis."""
+    lam = lam.to(values.device, values.dtype).reshape(-1, *([1] * (values.dim() - 1)))
+    return lam * values + (1.0 - lam) * values[partner.to(values.device)]
+
+
+# ---------------------------------------------------------------- stage 2
+
+
+def video_loss(video_prob: Tensor, video_labels: Tensor) -> Tensor:
+    """`L_video = BCE(P, y)`, mean over (B, C), with P clamped to [1e-7, 1 - 1e-7] as the reference does."""
+    p = video_prob.float().clamp(VIDEO_PROB_EPS, 1.0 - VIDEO_PROB_EPS)
+    y = video_labels.float()
+    return -(y * torch.log(p) + (1.0 - y) * torch.log1p(-p)).mean()
+
+
+@dataclass(frozen=True)
+class LossTerms:
+    """Scalar loss tensors; a disabled term is a zero tensor. `total` is what to backpropagate."""
+
+    total: Tensor
+    video: Tensor
+    segment: Tensor
+    mixup: Tensor
+
+    def as_floats(self) -> dict[str, float]:
+        """For logging (synchronises with the device)."""
+        terms = {"loss": self.total, "video": self.video, "segment": self.segment, "mixup": self.mixup}
+        return {name: float(value.detach()) for name, value in terms.items()}
+
+
+class UWAVLoss(nn.Module):
+    """`L = L_video + L_w-soft + L_mix` (METHOD.md "Stage 2"), every term switchable.
+
+    - video_loss: `L_video = BCE(P, y)` (see `video_loss`).
+    - segment_loss: `sum_m mean_{b,t,c} [ (w_pos^m * mask + w_neg^m * (1 - mask)) * BCE(p^m_t, target^m_t) ]`
+      with target = soft (eq. 12) or binary (eq. 10) pseudo-labels (`labels`). With `reweight` off all
+      weights are 1 (plain `L_soft`); on, `mask` is the video label y broadcast over segments
+      (`reweight_mask='video_label'`, as printed) or the binary pseudo-label.
+    - mixup: `sum_m mean_{i,c} BCE(sigmoid(fc_prob(f-^m_i)), p-^m_i)` over a random pairing of all real
+      segments of the batch; one lambda ~ Beta(alpha, alpha) per pair, shared by the two modalities of
+      that pair. Targets mix the segment-loss targets (`mixup_targets='soft'`) or their ceil
+      (`'ceil'`, the AVE variant; note ceil(sigmoid(z - theta) * y) = y whenever the soft label is
+      nonzero, i.e. the video label on every segment).
+    The HAN baseline is `UWAVLoss(segment_loss=False, mixup=False)`.
+    """
+
+    def __init__(
+        self,
+        labels: Literal["soft", "binary"] = "soft",
+        reweight: bool = True,
+        audio_weights: ClassBalanceWeights | None = None,
+        visual_weights: ClassBalanceWeights | None = None,
+        reweight_mask: Literal["video_label", "binary_pseudo_label"] = "video_label",
+        mixup: bool = True,
+        mixup_alpha: float = 1.7,
+        mixup_targets: Literal["soft", "ceil"] = "soft",
+        video_loss: bool = True,
+        segment_loss: bool = True,
+    ) -> None:
+        super().__init__()
+        if labels not in ("soft", "binary"):
+            raise ValueError(f"UWAVLoss: labels must be 'soft' or 'binary', got {labels!r}")
+        if reweight_mask not in ("video_label", "binary_pseudo_label"):
+            raise ValueError(
+                f"UWAVLoss: reweight_mask must be 'video_label' or 'binary_pseudo_label', got {reweight_mask!r}"
+            )
+        if mixup_targets not in ("soft", "ceil"):
+            raise ValueError(f"UWAVLoss: mixup_targets must be 'soft' or 'ceil', got {mixup_targets!r}")
+        if mixup and mixup_alpha <= 0:
+            raise ValueError(f"UWAVLoss: mixup_alpha must be > 0, got {mixup_alpha}")
+        if not (video_loss or segment_loss or mixup):
+            raise ValueError("UWAVLoss: every term is switched off")
+        reweight = reweight and segment_loss
+        if reweight and (audio_weights is None or visual_weights is None):
+            raise ValueError(
+                "UWAVLoss: reweight needs audio_weights and visual_weights "
+                "(class_balance_weights over the training set)"
+            )
+        self.labels = labels
+        self.reweight = reweight
+        self.reweight_mask = reweight_mask
+        self.mixup = mixup
+        self.mixup_alpha = mixup_alpha
+        self.mixup_targets = mixup_targets
+        self.use_video_loss = video_loss
+        self.use_segment_loss = segment_loss
+        weights = (audio_weights, visual_weights) if reweight else (UNIT_WEIGHTS, UNIT_WEIGHTS)
+        # (2, 1) over the modality axis (audio, visual), broadcast against (B, T, 2, C).
+        self.register_buffer("w_pos", torch.tensor([[w.positive] for w in weights]), persistent=False)
+        self.register_buffer("w_neg", torch.tensor([[w.negative] for w in weights]), persistent=False)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: TrainSettings,
+        audio_weights: ClassBalanceWeights | None = None,
+        visual_weights: ClassBalanceWeights | None = None,
+        video_loss: bool = True,
+        segment_loss: bool = True,
+    ) -> UWAVLoss:
+        return cls(
+            labels=settings.labels,
+            reweight=settings.reweight,
+            audio_weights=audio_weights,
+            visual_weights=visual_weights,
+            reweight_mask=settings.reweight_mask,
+            mixup=settings.mixup,
+            mixup_alpha=settings.mixup_alpha,
+            mixup_targets=settings.mixup_targets,
+            video_loss=video_loss,
+            segment_loss=segment_loss,
+        )
+
+    @property
+    def needs_binary_labels(self) -> bool:
+        return self.labels == "binary" or (self.reweight and self.reweight_mask == "binary_pseudo_label")
+
+    @property
+    def needs_soft_labels(self) -> bool:
+        return self.labels == "soft" and (self.use_segment_loss or self.mixup)
+
+    def forward(
+        self,
+        output: HANOutput,
+        video_labels: Tensor,
+        soft_labels: Tensor | None = None,
+        binary_labels: Tensor | None = None,
+        classify: Callable[[Tensor], Tensor] | None = None,
+        padding_mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> LossTerms:
+        """output: the HAN's outputs; video_labels (B, C); soft_labels / binary_labels (B, T, 2, C)
+        pseudo-labels (audio, visual), each needed only when a switched-on term uses it;
+        classify: the model's shared classifier (`HAN.classify`), needed for mixup;
+        generator: CPU generator for the mixup pairing (the global RNG when None)."""
+        zero = output.video_prob.new_zeros((), dtype=torch.float32)
+        video = video_loss(output.video_prob, video_labels) if self.use_video_loss else zero
+        if not (self.use_segment_loss or self.mixup):
+            return LossTerms(total=video, video=video, segment=zero, mixup=zero)
+
+        if self.needs_binary_labels and binary_labels is None:
+            raise ValueError(
+                f"UWAVLoss: binary_labels are needed (labels={self.labels!r}, reweight_mask={self.reweight_mask!r})"
+            )
+        if self.needs_soft_labels and soft_labels is None:
+            raise ValueError("UWAVLoss: soft_labels are needed (labels='soft')")
+        targets = (soft_labels if self.labels == "soft" else binary_labels).float()
+        if targets.shape != output.segment_logits.shape:
+            raise ValueError(
+                f"UWAVLoss: pseudo-labels {tuple(targets.shape)} do not match segment logits "
+                f"{tuple(output.segment_logits.shape)} (B, T, 2 modalities, C)"
+            )
+        real = _real_segments(padding_mask, targets)  # (B, T)
+        n_real_elements = real.sum() * targets.shape[-1]
+
+        segment = zero
+        if self.use_segment_loss:
+            bce = F.binary_cross_entropy_with_logits(output.segment_logits.float(), targets, reduction="none")
+            if self.reweight:
+                if self.reweight_mask == "video_label":
+                    mask = _per_segment(video_labels.float(), targets)
+                else:
+                    mask = binary_labels.float()
+                w_pos, w_neg = self.w_pos.to(bce.device), self.w_neg.to(bce.device)
+                bce = bce * (w_pos * mask + w_neg * (1.0 - mask))
+            segment = (bce * real[:, :, None, None]).sum() / n_real_elements
+
+        mixed = zero
+        if self.mixup:
+            if classify is None:
+                raise ValueError("UWAVLoss: mixup needs `classify` (the model's shared classifier)")
+            mix_targets = torch.ceil(targets) if self.mixup_targets == "ceil" else targets
+            if padding_mask is None:
+                features, mix_targets = output.features.flatten(0, 1), mix_targets.flatten(0, 1)
+            else:
+                keep = ~padding_mask
+                features, mix_targets = output.features[keep], mix_targets[keep]
+            partner, lam = sample_mixup_pairing(features.shape[0], self.mixup_alpha, generator)
+            partner, lam = partner.to(features.device), lam.to(features.device)
+            logits = classify(mix(features, partner, lam))
+            mixed = F.binary_cross_entropy_with_logits(
+                logits.float(), mix(mix_targets, partner, lam), reduction="sum"
+            ) / n_real_elements
+
+        return LossTerms(total=video + segment + mixed, video=video, segment=segment, mixup=mixed)
