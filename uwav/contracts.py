@@ -93,3 +93,9 @@ def validate_dense(df: pl.DataFrame) -> pl.DataFrame:
     if bad.height:
         raise ValueError(f"dense labels: invalid rows, first: {bad.row(0, named=True)}")
     return df
+
+
+def text_embedding_name(feature: str, role: str) -> str:
+    """Feature-store name of a dataset role's ('target' | 'pretrain') class text embeddings in an
+    encoder's space ('clip' | 'clap'): both datasets' class lists live in one store."""
+    return f"{feature}.{role}"
