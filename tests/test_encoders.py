@@ -1,0 +1,234 @@
+"""Encoders: tiny offline models through the libraries' factories, checkpoint loading, preprocessing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from uwav.catalog import EncoderConfig, EncodersConfig
+from uwav.features.encoders import (
+    EncoderError,
+    Encoders,
+    build_clap_encoder,
+    build_clip_encoder,
+    build_encoders,
+    build_video_encoder,
+    build_video_resnet,
+    load_checkpoint,
+    video_model_config,
+)
+
+CPU = torch.device("cpu")
+TINY = EncodersConfig(
+    clip=EncoderConfig(name="uwav-tiny-clip", random_init=True),
+    clap=EncoderConfig(name="uwav-tiny-clap", random_init=True),
+    r2plus1d=EncoderConfig(name="uwav-tiny-r2plus1d", random_init=True),
+)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Encoders:
+    return build_encoders(TINY, "cpu")
+
+
+@pytest.fixture(scope="module")
+def inputs() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        "clip": rng.integers(0, 256, (3, 48, 64, 3), dtype=np.uint8),
+        "clap": (0.3 * rng.standard_normal((3, 48000))).astype(np.float32),
+        "r2plus1d": rng.integers(0, 256, (3, 8, 112, 112, 3), dtype=np.uint8),
+    }
+
+
+def _encode(encoders: Encoders, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {encoder.feature: encoder.encode_segments(inputs[encoder.feature]) for encoder in encoders.active()}
+
+
+def _perturbed_state(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """The model's weights moved away from the seed-0 initialisation, so loading them is observable."""
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        key: value + 0.05 * torch.randn(value.shape, generator=generator) if value.is_floating_point() else value.clone()
+        for key, value in model.state_dict().items()
+    }
+
+
+def test_tiny_encoders_build_offline_with_the_feature_shapes(tiny: Encoders, inputs: dict[str, np.ndarray]) -> None:
+    assert tiny.feature_shapes() == {"clip": (64,), "clap": (64,), "r2plus1d": (512,)}
+    outputs = _encode(tiny, inputs)
+    for name, value in outputs.items():
+        assert value.shape == (3, *tiny.feature_shapes()[name]) and value.dtype == np.float32
+        assert np.isfinite(value).all()
+        assert not np.allclose(value[0], value[1]), f"{name}: different inputs must give different embeddings"
+    assert tiny.clip.encode_text(["A photo of Dog", "A photo of Cat"]).shape == (2, 64)
+    assert tiny.clap.encode_text(["This is the sound of Dog"]).shape == (1, 64)
+    assert {encoder.identity for encoder in tiny.active()} == {
+        "clip/uwav-tiny-clip/random_init=seed0",
+        "clap/uwav-tiny-clap/random_init=seed0",
+        "r2plus1d/uwav-tiny-r2plus1d/random_init=seed0",
+    }
+    assert not any(encoder.autocast for encoder in tiny.active()), "bf16 autocast is for CUDA only"
+
+
+def test_random_init_is_deterministic_and_batch_independent(tiny: Encoders, inputs: dict[str, np.ndarray]) -> None:
+    again = build_encoders(TINY, "cpu", features=["clip", "r2plus1d"])
+    first, second = _encode(tiny, inputs), _encode(again, inputs)
+    for name in ("clip", "r2plus1d"):
+        np.testing.assert_array_equal(first[name], second[name])
+    single = tiny.r2plus1d.encode_clips(inputs["r2plus1d"][1:2])
+    np.testing.assert_allclose(single[0], first["r2plus1d"][1], rtol=1e-4, atol=1e-5)
+
+
+def test_clip_preprocessing_matches_open_clips_own_transform(tiny: Encoders) -> None:
+    import open_clip
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+    from PIL import Image
+
+    frame = np.random.default_rng(1).integers(0, 256, (60, 90, 3), dtype=np.uint8)
+    frame = np.ascontiguousarray(np.repeat(np.repeat(frame[::6, ::6], 6, 0), 6, 1))  # smooth-ish blocks
+    transform = image_transform_v2(PreprocessCfg(**open_clip.get_model_preprocess_cfg(tiny.clip.model)), is_train=False)
+    reference = transform(Image.fromarray(frame))
+    ours = tiny.clip.preprocess(frame[None])[0]
+    assert ours.shape == reference.shape == (3, 32, 32)
+    # torch's antialiased bicubic and PIL's differ slightly; a wrong crop, scale or norm is far off
+    assert (ours - reference).abs().mean() < 0.05
+
+
+def test_clap_preprocessing_quantises_and_repeat_pads_like_laion_clap(tiny: Encoders) -> None:
+    wave = np.linspace(-1.5, 1.5, 20000, dtype=np.float32)
+    out = tiny.clap.preprocess(wave[None])[0].numpy()
+    quantised = (np.clip(wave, -1, 1) * 32767.0).astype(np.int16) / 32767.0  # laion_clap's round trip
+    expected = np.concatenate([quantised, quantised, np.zeros(48000 - 40000)])
+    np.testing.assert_allclose(out, expected, atol=1e-7)
+
+
+def test_checkpoint_round_trip_through_the_real_loading_path(
+    tiny: Encoders, inputs: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    from safetensors.torch import save_file
+
+    clip_state = _perturbed_state(tiny.clip.model, 1)
+    save_file(clip_state, str(tmp_path / "clip.safetensors"))
+    # laion_clap's release format: {'state_dict': {'module.<key>': ...}} plus a key newer transformers dropped
+    clap_state = _perturbed_state(tiny.clap.model, 2)
+    wrapped = {f"module.{key}": value for key, value in clap_state.items()}
+    wrapped["module.text_branch.embeddings.position_ids"] = torch.arange(4)
+    torch.save({"epoch": 3, "state_dict": wrapped}, tmp_path / "clap.pt")
+    video_state = _perturbed_state(build_video_resnet(video_model_config("uwav-tiny-r2plus1d")), 3)
+    torch.save(video_state, tmp_path / "video.pt")
+
+    loaded = Encoders(
+        clip=build_clip_encoder(EncoderConfig(name="uwav-tiny-clip", checkpoint=str(tmp_path / "clip.safetensors")), CPU),
+        clap=build_clap_encoder(EncoderConfig(name="uwav-tiny-clap", checkpoint="clap.pt"), CPU, base_dir=tmp_path),
+        r2plus1d=build_video_encoder(EncoderConfig(name="uwav-tiny-r2plus1d", checkpoint=str(tmp_path / "video.pt")), CPU),
+    )
+    for encoder, state in ((loaded.clip, clip_state), (loaded.clap, clap_state)):
+        loaded_state = encoder.model.state_dict()
+        assert loaded_state.keys() == state.keys()
+        for key, value in state.items():
+            torch.testing.assert_close(loaded_state[key], value, msg=f"{encoder.feature}: {key}")
+    random_outputs, loaded_outputs = _encode(tiny, inputs), _encode(loaded, inputs)
+    for name in ("clip", "clap", "r2plus1d"):
+        assert not np.allclose(loaded_outputs[name], random_outputs[name]), f"{name}: checkpoint had no effect"
+    # the encoder computes the pooled feature of exactly the saved network
+    direct = build_video_resnet(video_model_config("uwav-tiny-r2plus1d"))
+    direct.load_state_dict(video_state)
+    direct.fc = torch.nn.Identity()
+    with torch.inference_mode():
+        expected = direct.eval()(loaded.r2plus1d.preprocess(inputs["r2plus1d"])).numpy()
+    np.testing.assert_allclose(loaded_outputs["r2plus1d"], expected, rtol=1e-5, atol=1e-5)
+    assert loaded.clip.identity.startswith("clip/uwav-tiny-clip/checkpoint=sha256:")
+    assert loaded.clap.identity != tiny.clap.identity
+
+
+def test_missing_checkpoint_names_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "clip.safetensors"
+    with pytest.raises(EncoderError, match=f"checkpoint file {missing} does not exist"):
+        build_clip_encoder(EncoderConfig(name="uwav-tiny-clip", checkpoint=str(missing)), CPU)
+
+
+def test_mismatched_checkpoint_names_the_file_and_the_keys(tiny: Encoders, tmp_path: Path) -> None:
+    state = dict(tiny.clip.model.state_dict())
+    del state["ln_final.weight"]
+    state["visual.extra_head.weight"] = torch.zeros(2)
+    state["text_projection"] = torch.zeros(3, 3)
+    path = tmp_path / "bad.pt"
+    torch.save({"model": state}, path)
+    with pytest.raises(EncoderError) as raised:
+        load_checkpoint(build_clip_encoder(TINY.clip, CPU).model, path, what="CLIP model 'uwav-tiny-clip'")
+    message = str(raised.value)
+    assert str(path) in message and "CLIP model 'uwav-tiny-clip'" in message
+    assert "missing keys: ln_final.weight" in message
+    assert "unexpected keys: visual.extra_head.weight" in message
+    assert "mis-shaped keys: text_projection (file (3, 3), model (64, 64))" in message
+
+
+def test_unreadable_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(EncoderError, match=f"checkpoint file {path} cannot be read"):
+        build_video_encoder(EncoderConfig(name="uwav-tiny-r2plus1d", checkpoint=str(path)), CPU)
+
+
+def test_unknown_model_configs_are_named() -> None:
+    with pytest.raises(EncoderError, match="CLIP model config 'ViT-Nope' not found"):
+        build_clip_encoder(EncoderConfig(name="ViT-Nope", random_init=True), CPU)
+    with pytest.raises(EncoderError, match="CLAP model config 'HTSAT-nope' not found"):
+        build_clap_encoder(EncoderConfig(name="HTSAT-nope", random_init=True), CPU)
+    with pytest.raises(EncoderError, match="video model config 'r3d_99' not found"):
+        build_video_encoder(EncoderConfig(name="r3d_99", random_init=True), CPU)
+
+
+def test_torchvision_pretrained_tag_reads_the_torch_hub_cache_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    config = EncoderConfig(name="r2plus1d_18", pretrained="KINETICS400_V1")
+    expected = tmp_path / "hub" / "checkpoints" / "r2plus1d_18-91a641e6.pth"
+    with pytest.raises(EncoderError, match=f"expected the weights file at {expected}"):
+        build_video_encoder(config, CPU)
+    with pytest.raises(EncoderError, match="unknown pretrained tag 'KINETICS999'"):
+        build_video_encoder(EncoderConfig(name="r2plus1d_18", pretrained="KINETICS999"), CPU)
+
+    model = build_video_resnet(video_model_config("r2plus1d_18"))
+    state = _perturbed_state(model, 4)
+    expected.parent.mkdir(parents=True)
+    torch.save(state, expected)
+    encoder = build_video_encoder(config, CPU)
+    assert encoder.dim == 512 and encoder.identity == "r2plus1d/r2plus1d_18/pretrained=KINETICS400_V1"
+    torch.testing.assert_close(encoder.model.state_dict()["layer4.1.conv2.0.1.weight"], state["layer4.1.conv2.0.1.weight"])
+
+
+def test_clap_with_a_hugging_face_text_branch_needs_it_in_the_local_cache(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
+    checkpoint = tmp_path / "630k-audioset-best.pt"
+    checkpoint.write_bytes(b"")
+    with pytest.raises(EncoderError, match="'roberta-base'.*local Hugging Face cache"):
+        build_clap_encoder(EncoderConfig(name="HTSAT-tiny", checkpoint=str(checkpoint)), CPU)
+    with pytest.raises(EncoderError, match="pretrained tag 'laion' is not supported"):
+        build_clap_encoder(EncoderConfig(name="HTSAT-tiny", pretrained="laion"), CPU)
+
+
+def test_cuda_is_refused_without_a_gpu() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(EncoderError, match="no CUDA device"):
+        build_encoders(TINY, "cuda", features=["clip"])
+
+
+def test_open_clip_pretrained_tags_are_read_from_the_local_cache_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
+    with pytest.raises(EncoderError, match="'timm/vit_base_patch32_clip_224.openai'.*not download"):
+        build_clip_encoder(EncoderConfig(name="ViT-B-32", pretrained="openai"), CPU)
+    with pytest.raises(EncoderError, match="unknown pretrained tag 'nonesuch'.*openai"):
+        build_clip_encoder(EncoderConfig(name="ViT-B-32", pretrained="nonesuch"), CPU)
