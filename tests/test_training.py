@@ -1,0 +1,393 @@
+"""Training loops, schedule, checkpoints and in-memory batching (tiny dimensions, CPU)."""
+
+from __future__ import annotations
+
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from uwav.catalog import HanSettings, PretrainSettings, TrainSettings
+from uwav.models.plg import AudioVisualPLG
+from uwav.training.checkpoints import (
+    STATE_FILE,
+    clean_incomplete,
+    epoch_checkpoints,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_epoch_checkpoints,
+    save_checkpoint,
+)
+from uwav.training.data import HanFeatures, HanTrainData, InMemoryBatches, LabelledSplit, PretrainData
+from uwav.training.han_train import (
+    ABLATION_VARIANTS,
+    ave_predictions,
+    ave_settings,
+    ave_targets,
+    evaluate_han,
+    format_ablation,
+    load_han,
+    run_ablation,
+    train_han,
+)
+from uwav.training.losses import plg_loss
+from uwav.training.pretrain import trim_to_longest, load_plg, predict_plg, pretrain_plg
+from uwav.training.schedule import WarmupCosine
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """These models are tiny: one intra-op thread is faster, and immune to OpenMP spin-waits on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def crash_after(epoch: int):
+    def callback(record: dict) -> None:
+        if record["epoch"] == epoch:
+            raise Crash(f"simulated crash after epoch {epoch}")
+
+    return callback
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name} differs"
+
+
+# ---------------------------------------------------------------- synthetic data
+
+
+def pretrain_data(seed: int = 0, n: int = 16, t: int = 6, c: int = 4, dim: int = 8) -> PretrainData:
+    """Segment embeddings = labelled classes' text embeddings + noise; variable lengths."""
+    rng = np.random.default_rng(seed)
+    visual_text, audio_text = rng.normal(size=(c, dim)), rng.normal(size=(c, dim))
+    labels = (rng.random((n, t, c)) < 0.3).astype(np.float32)
+    lengths = rng.integers(2, t + 1, n)
+    labels[np.arange(t)[None, :] >= lengths[:, None]] = 0
+    visual = labels @ visual_text + 0.3 * rng.normal(size=(n, t, dim))
+    audio = labels @ audio_text + 0.3 * rng.normal(size=(n, t, dim))
+    return PretrainData.from_arrays(visual, audio, lengths, labels, visual_text, audio_text)
+
+
+def han_split(
+    rng: np.random.Generator, n: int, c: int, t: int, one_event: bool = False
+) -> tuple[HanFeatures, np.ndarray, np.ndarray, np.ndarray]:
+    """Features that encode the dense labels (so the problem is learnable); returns (features, video labels, audio, visual).
+
+    `one_event`: AVE-style, one audio-visual event (a run of segments) per video, background elsewhere.
+    """
+    if one_event:
+        onset = rng.integers(0, t - 1, n)
+        offset = rng.integers(onset + 1, t + 1)
+        span = (np.arange(t)[None, :] >= onset[:, None]) & (np.arange(t)[None, :] < offset[:, None])
+        classes = np.eye(c, dtype=bool)[rng.integers(0, c, n)]
+        audio = visual = span[:, :, None] & classes[:, None, :]
+        video = classes
+    else:
+        video = rng.random((n, c)) < 0.4
+        audio = video[:, None, :] & (rng.random((n, t, c)) < 0.6)
+        visual = video[:, None, :] & (rng.random((n, t, c)) < 0.6)
+    codes = np.random.default_rng(123)  # the same class codes for every split
+    audio_code, frame_code, motion_code = codes.normal(size=(c, 6)), codes.normal(size=(c, 3, 10)), codes.normal(size=(c, 4))
+    features = HanFeatures.from_arrays(
+        audio.astype(np.float32) @ audio_code + 0.3 * rng.normal(size=(n, t, 6)),
+        np.einsum("ntc,cfd->ntfd", visual.astype(np.float32), frame_code) + 0.3 * rng.normal(size=(n, t, 3, 10)),
+        visual.astype(np.float32) @ motion_code + 0.3 * rng.normal(size=(n, t, 4)),
+    )
+    return features, video, audio, visual
+
+
+def han_data(seed: int = 0, n: int = 48, n_val: int = 16, c: int = 4, t: int = 5, one_event: bool = False) -> HanTrainData:
+    rng = np.random.default_rng(seed)
+    train, video, audio, visual = han_split(rng, n, c, t, one_event)
+    dense = np.stack([audio, visual], axis=2).astype(np.float32)  # (N, T, 2, C)
+    soft = np.where(dense > 0, 0.8, 0.1) * video[:, None, None, :]
+    val, _, val_audio, val_visual = han_split(rng, n_val, c, t, one_event)
+    return HanTrainData.from_arrays(
+        train, video, soft, dense, LabelledSplit.from_arrays(val, val_audio.transpose(0, 2, 1), val_visual.transpose(0, 2, 1))
+    )
+
+
+TINY_HAN = HanSettings(d_model=16, ffn=32, heads=2, dropout=0.1)
+
+
+def han_settings(**update: object) -> TrainSettings:
+    base = TrainSettings(han=TINY_HAN, epochs=3, batch_size=16, warmup_epochs=1, lr=2e-3, min_lr=1e-4, device="cpu")
+    return base.model_copy(update=update)
+
+
+def pretrain_settings(**update: object) -> PretrainSettings:
+    base = PretrainSettings(layers=1, heads=2, epochs=3, batch_size=8, warmup_epochs=1, lr=3e-3, min_lr=1e-4, device="cpu")
+    return base.model_copy(update=update)
+
+
+# ---------------------------------------------------------------- schedule
+
+
+def test_schedule_warmup_then_cosine_to_min() -> None:
+    schedule = WarmupCosine.for_epochs(peak_lr=1e-4, min_lr=1e-5, warmup_epochs=10, epochs=80, steps_per_epoch=3)
+    assert schedule.warmup_steps == 30 and schedule.total_steps == 240
+    assert schedule.lr_at(0) == pytest.approx(1e-4 / 30)
+    assert schedule.lr_at(14) == pytest.approx(1e-4 * 15 / 30)
+    assert schedule.lr_at(29) == pytest.approx(1e-4)  # end of warm-up: the peak
+    assert schedule.lr_at(30) == pytest.approx(1e-4)  # cosine starts at the peak
+    middle = 30 + (240 - 30 - 1) / 2
+    assert schedule.lr_at(int(middle)) > (1e-4 + 1e-5) / 2 > schedule.lr_at(int(middle) + 1)
+    assert schedule.lr_at(239) == pytest.approx(1e-5)  # the last step reaches min_lr
+    rates = [schedule.lr_at(s) for s in range(240)]
+    assert all(a < b for a, b in zip(rates[:29], rates[1:30]))
+    assert all(a >= b for a, b in zip(rates[30:], rates[31:]))
+    with pytest.raises(ValueError, match="outside"):
+        schedule.lr_at(240)
+    no_warmup = WarmupCosine.for_epochs(peak_lr=1e-3, min_lr=0.0, warmup_epochs=0, epochs=2, steps_per_epoch=2)
+    assert [no_warmup.lr_at(s) for s in (0, 3)] == pytest.approx([1e-3, 0.0])
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_round_trip_and_weights_only(tmp_path: Path) -> None:
+    model = torch.nn.Linear(3, 2)
+    state = {"step": 7, "history": [{"loss": 0.5}], "rng": torch.get_rng_state(), "nested": {"t": torch.arange(4)}}
+    path = save_checkpoint(tmp_path / "epoch_0001", model, {"epoch": 1}, state)
+    loaded = load_checkpoint(path)
+    assert_same_weights(loaded.weights, model.state_dict())
+    assert loaded.meta == {"epoch": 1}
+    assert loaded.state["step"] == 7 and loaded.state["history"] == [{"loss": 0.5}]
+    assert torch.equal(loaded.state["rng"], state["rng"]) and torch.equal(loaded.state["nested"]["t"], torch.arange(4))
+    with safe_open(path / "model.safetensors", framework="pt") as weights:  # weights are safetensors
+        assert set(weights.keys()) == set(model.state_dict())
+
+    # Anything that would need full unpickling is refused (weights_only=True).
+    torch.save({"step": 1, "evil": Path("/x")}, path / STATE_FILE)
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint(path)
+
+
+def test_checkpoint_replace_clean_and_prune(tmp_path: Path) -> None:
+    model = torch.nn.Linear(2, 2)
+    for epoch in (1, 2, 3):
+        save_checkpoint(tmp_path / f"epoch_{epoch:04d}", model, {"epoch": epoch}, {"epoch": epoch})
+    save_checkpoint(tmp_path / "best", model, {"epoch": 1})
+    save_checkpoint(tmp_path / "best", model, {"epoch": 3})  # replaces
+    assert load_checkpoint(tmp_path / "best", with_state=False).meta == {"epoch": 3}
+    # A crash mid-write leaves a temp folder; a crash mid-replace leaves the old folder aside.
+    (tmp_path / ".tmp-epoch_0004-99").mkdir()
+    (tmp_path / "best").rename(tmp_path / ".old-best-99")
+    clean_incomplete(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "epoch_0001", "epoch_0002", "epoch_0003"]
+    assert latest_checkpoint(tmp_path) == tmp_path / "epoch_0003"
+    prune_epoch_checkpoints(tmp_path, keep=2)
+    assert [e for e, _ in epoch_checkpoints(tmp_path)] == [2, 3]
+
+
+# ---------------------------------------------------------------- in-memory batching
+
+
+def test_in_memory_batches_cover_every_video_once() -> None:
+    values = torch.arange(10, dtype=torch.float32)[:, None].repeat(1, 3)
+    batches = InMemoryBatches({"x": values, "id": torch.arange(10)}, batch_size=4, device="cpu", storage_dtype=torch.float16)
+    assert len(batches) == 3
+    epoch = list(batches.shuffled(torch.Generator().manual_seed(0)))
+    assert [len(b["id"]) for b in epoch] == [4, 4, 2]
+    ids = torch.cat([b["id"] for b in epoch])
+    assert sorted(ids.tolist()) == list(range(10)) and ids.tolist() != list(range(10))
+    assert all(b["x"].dtype == torch.float32 and torch.equal(b["x"][:, 0], b["id"].float()) for b in epoch)
+    assert torch.equal(torch.cat([b["id"] for b in batches.in_order()]), torch.arange(10))
+
+
+def test_frames_are_averaged_at_load() -> None:
+    frames = torch.randn(2, 3, 8, 5)
+    features = HanFeatures.from_arrays(torch.randn(2, 3, 4), frames, torch.randn(2, 3, 6), lengths=[3, 3])
+    assert features.visual2d.shape == (2, 3, 5) and features.lengths is None
+    assert torch.allclose(features.visual2d, frames.mean(2))
+    with pytest.raises(ValueError, match="visual3d"):
+        HanFeatures.from_arrays(torch.randn(2, 3, 4), frames, torch.randn(2, 4, 6))
+
+
+# ---------------------------------------------------------------- stage 1
+
+
+def test_padded_segments_do_not_affect_the_stage1_loss() -> None:
+    data = pretrain_data()
+    torch.manual_seed(0)
+    model = AudioVisualPLG(8, 8, layers=1, heads=2, dropout=0.0)
+    batch = {"visual": data.visual[:6], "audio": data.audio[:6], "segment_labels": data.segment_labels[:6], "lengths": data.lengths[:6]}
+    assert int(batch["lengths"].min()) < data.visual.shape[1]  # there is padding to test
+
+    def loss_and_grads(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        visual, audio, labels, mask = trim_to_longest(batch)
+        loss = plg_loss(*model(visual, audio, data.visual_text, data.audio_text, mask), labels, mask)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    reference_loss, reference_grads = loss_and_grads(batch)
+    padded = torch.arange(data.visual.shape[1])[None, :] >= batch["lengths"][:, None]
+    garbage = {key: value.clone() for key, value in batch.items()}
+    for key in ("visual", "audio"):
+        garbage[key][padded] = 1e3 * torch.randn_like(garbage[key][padded])
+    garbage["segment_labels"][padded] = 1.0
+    loss, grads = loss_and_grads(garbage)
+    assert torch.allclose(loss, reference_loss, rtol=1e-6, atol=0)
+    for got, expected in zip(grads, reference_grads):
+        assert torch.allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_pretrain_learns_and_predicts(tmp_path: Path) -> None:
+    data = pretrain_data()
+    result = pretrain_plg(data, pretrain_settings(epochs=6, dropout=0.0), tmp_path, progress=False)
+    losses = [record["loss"] for record in result.history]
+    assert len(losses) == 6 and losses[-1] < 0.7 * losses[0]
+    assert result.checkpoint == tmp_path / "checkpoints" / "epoch_0006"
+    assert [e for e, _ in epoch_checkpoints(tmp_path / "checkpoints")] == [2, 3, 4, 5, 6]  # newest 5 kept
+
+    model = load_plg(result.checkpoint)
+    visual_logits, audio_logits = predict_plg(model, data.visual, data.audio, data.lengths, data.visual_text, data.audio_text, batch_size=5)
+    padded = (torch.arange(data.visual.shape[1])[None, :] >= data.lengths[:, None]).numpy()
+    assert visual_logits.shape == audio_logits.shape == tuple(data.segment_labels.shape)
+    assert np.isnan(visual_logits[padded]).all() and not np.isnan(audio_logits[~padded]).any()
+    # The trained generator separates positive from negative segments.
+    labels = data.segment_labels.numpy()[~padded] > 0
+    product = 1 / (1 + np.exp(-visual_logits[~padded])) / (1 + np.exp(-audio_logits[~padded]))
+    assert product[labels].mean() > product[~labels].mean() + 0.2
+
+
+def test_pretrain_resume_is_bit_exact(tmp_path: Path) -> None:
+    data, settings = pretrain_data(), pretrain_settings()
+    uninterrupted = pretrain_plg(data, settings, tmp_path / "a", progress=False)
+    with pytest.raises(Crash):
+        pretrain_plg(data, settings, tmp_path / "b", progress=False, callback=crash_after(2))
+    assert latest_checkpoint(tmp_path / "b" / "checkpoints").name == "epoch_0002"
+    resumed = pretrain_plg(data, settings, tmp_path / "b", progress=False)
+    assert_same_weights(resumed.model.state_dict(), uninterrupted.model.state_dict())
+    assert resumed.history == uninterrupted.history
+    with pytest.raises(ValueError, match="lr: checkpoint"):
+        pretrain_plg(data, settings.model_copy(update={"lr": 1e-3}), tmp_path / "b", progress=False)
+
+
+# ---------------------------------------------------------------- stage 2
+
+
+def test_train_han_resume_is_bit_exact(tmp_path: Path) -> None:
+    data, settings = han_data(), han_settings()  # soft labels, re-weighting, mixup and dropout all on
+    uninterrupted = train_han(data, settings, tmp_path / "a", progress=False)
+    with pytest.raises(Crash):
+        train_han(data, settings, tmp_path / "b", progress=False, callback=crash_after(2))
+    resumed = train_han(data, settings, tmp_path / "b", progress=False)
+    assert_same_weights(resumed.model.state_dict(), uninterrupted.model.state_dict())
+    last = load_checkpoint(uninterrupted.last_checkpoint).weights
+    assert_same_weights(load_checkpoint(resumed.last_checkpoint).weights, last)
+    strip = lambda history: [{k: v for k, v in r.items() if not k.endswith("_s")} for r in history]  # noqa: E731
+    assert strip(resumed.history) == strip(uninterrupted.history)
+    assert (resumed.best_epoch, resumed.best_score) == (uninterrupted.best_epoch, uninterrupted.best_score)
+    # A finished run resumes to its result without training further.
+    again = train_han(data, settings, tmp_path / "b", progress=False)
+    assert_same_weights(again.model.state_dict(), resumed.model.state_dict())
+    assert len(again.history) == settings.epochs and again.last_checkpoint == resumed.last_checkpoint
+
+
+def test_train_han_learns_and_keeps_the_best_checkpoint(tmp_path: Path) -> None:
+    data = han_data()
+    result = train_han(data, han_settings(epochs=8), tmp_path, progress=False, keep_epoch_checkpoints=None)
+    history = result.history
+    assert {"loss", "loss_video", "loss_segment", "loss_mixup", "lr", "train_s", "val_seg_type", "val_event_event"} <= history[0].keys()
+    assert history[-1]["loss"] < 0.8 * history[0]["loss"]
+    scores = [record["val_seg_type"] for record in history]
+    assert max(scores) > scores[0] + 10  # it learns the (separable) task
+    assert result.best_epoch == 1 + int(np.argmax(scores)) and result.best_score == max(scores)
+    # `best/` holds the weights of the best epoch, and evaluating them gives that epoch's scores.
+    best = load_checkpoint(result.best_checkpoint, with_state=False)
+    assert best.meta["epoch"] == result.best_epoch
+    assert_same_weights(best.weights, load_checkpoint(tmp_path / "checkpoints" / f"epoch_{result.best_epoch:04d}").weights)
+    again = evaluate_han(load_han(result.best_checkpoint), data.val)
+    assert again["seg_type"] == pytest.approx(result.best_score, abs=1e-9)
+
+
+def test_ablation_grid_has_every_row(tmp_path: Path) -> None:
+    data = han_data(n=16, n_val=8)
+    table = run_ablation(data, han_settings(epochs=1), tmp_path, progress=False)
+    assert table["variant"].to_list() == [v.name for v in ABLATION_VARIANTS]
+    assert table["split"].to_list() == ["val"] * len(ABLATION_VARIANTS)
+    assert table["seg_type"].is_between(0, 100).all()
+    text = format_ablation(table)
+    assert all(v.name in text for v in ABLATION_VARIANTS) and "Type@AV" in text
+    # The variants really train differently (the segment and mixup terms are switched).
+    assert table["seg_type"].n_unique() > 1 or table["seg_a"].n_unique() > 1
+    histories = {
+        v.name: load_checkpoint(latest_checkpoint(tmp_path / "ablation" / name / "checkpoints")).state["history"][0]
+        for v, name in zip(ABLATION_VARIANTS, sorted((tmp_path / "ablation").iterdir(), key=lambda p: p.stat().st_mtime))
+    }
+    assert histories["HAN (video loss only)"]["loss_segment"] == 0 and histories["HAN (video loss only)"]["loss_mixup"] == 0
+    assert histories["soft + mixup"]["loss_mixup"] > 0 and histories["soft"]["loss_mixup"] == 0
+
+
+# ---------------------------------------------------------------- AVE
+
+
+def test_ave_decision_rule_and_targets() -> None:
+    c = 3
+    segment = np.zeros((1, 4, 2, c), np.float32)
+    segment[0, 0, :, 1] = 0.9  # audio and visual on: class 1
+    segment[0, 1, 0, 2], segment[0, 1, 1, 2] = 0.9, 0.4  # visual below 0.5: background
+    segment[0, 2, :, 0] = 0.8  # class 0, but its video probability is low: background
+    segment[0, 3, :, 1], segment[0, 3, :, 2] = 0.6, 0.7  # larger p_a * p_v wins: class 2
+    video = np.array([[0.2, 0.9, 0.9]], np.float32)
+    assert ave_predictions(segment, video).tolist() == [[1, c, c, 2]]
+    gt_audio = np.zeros((1, c, 4), bool)
+    gt_audio[0, 1, :2] = True
+    gt_visual = gt_audio.copy()
+    gt_audio[0, 2, 3] = True  # audio only: not an audio-visual event
+    assert ave_targets(gt_audio, gt_visual).tolist() == [[1, 1, c, c]]
+    gt_visual[0, 2, :] = gt_audio[0, 2, :] = True
+    with pytest.raises(ValueError, match="video index 0"):
+        ave_targets(gt_audio, gt_visual)
+
+
+def test_train_han_ave_selects_by_accuracy(tmp_path: Path) -> None:
+    data = han_data(n=32, n_val=8, one_event=True)
+    settings = ave_settings(han_settings(epochs=2))
+    assert (settings.batch_size, settings.mixup_targets) == (16, "ceil")
+    result = train_han(data, settings, tmp_path, task="ave", progress=False)
+    accuracies = [record["val_ave_accuracy"] for record in result.history]
+    assert result.best_score == max(accuracies) and 0 <= result.best_score <= 100
+    assert load_checkpoint(result.best_checkpoint, with_state=False).meta["identity"]["task"] == "ave"
+    assert math.isfinite(result.history[-1]["loss_mixup"]) and result.history[-1]["loss_mixup"] > 0
+
+
+def test_padded_videos_train_and_padding_never_counts(tmp_path: Path) -> None:
+    data = han_data(n=16, n_val=8)
+    rng = np.random.default_rng(5)
+
+    def with_padding(features: HanFeatures, fill: str) -> HanFeatures:
+        lengths = rng.integers(2, features.n_segments + 1, features.n_videos)
+        lengths[0] = 2  # at least one padded video
+        padded = np.arange(features.n_segments)[None, :] >= lengths[:, None]
+        arrays = [x.clone() for x in (features.audio, features.visual2d, features.visual3d)]
+        for array in arrays:
+            array[torch.from_numpy(padded)] = 1e3 * torch.randn_like(array[torch.from_numpy(padded)]) if fill == "noise" else 0.0
+        return HanFeatures.from_arrays(*arrays, lengths=lengths)
+
+    train = with_padding(data.train, "noise")
+    padded_data = HanTrainData.from_arrays(train, data.video_labels, data.soft_labels, data.binary_labels, data.val)
+    result = train_han(padded_data, han_settings(epochs=1), tmp_path, progress=False)
+    assert math.isfinite(result.history[0]["loss"])
+    # The same validation videos with noise or zeros in their padded segments score the same.
+    state = rng.bit_generator.state
+    noisy = LabelledSplit.from_arrays(with_padding(data.val.features, "noise"), data.val.gt_audio, data.val.gt_visual)
+    rng.bit_generator.state = state
+    zeros = LabelledSplit.from_arrays(with_padding(data.val.features, "zeros"), data.val.gt_audio, data.val.gt_visual)
+    assert torch.equal(noisy.features.lengths, zeros.features.lengths)
+    assert evaluate_han(result.model, noisy) == evaluate_han(result.model, zeros)

@@ -1,0 +1,172 @@
+"""Stage 1: pre-training the pseudo-label generator on UnAV-100-style data (METHOD.md "Stage 1").
+
+Loss `BCE(p^v * p^a, y')` against segment labels, padded segments masked out of the attention and
+the loss; AdamW, linear warm-up to `lr` over `warmup_epochs`, cosine to `min_lr`, gradient-norm
+clip; a checkpoint per epoch and resume (see `uwav.training.loops`).
+
+Decision: each batch is cut to its longest video before the forward pass (padding beyond it
+would be masked anyway; UnAV-100 videos run up to 60 segments, most far fewer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from uwav.catalog import PretrainSettings
+from uwav.models.plg import AudioVisualPLG
+from uwav.training.checkpoints import load_checkpoint, load_weights_into
+from uwav.training.data import InMemoryBatches, PretrainData, padding_mask_from_lengths, plg_inputs
+from uwav.training.loops import (
+    DEFAULT_KEEP_EPOCH_CHECKPOINTS,
+    EpochCallback,
+    TrainingRun,
+    epoch_bar,
+    resolve_device,
+    seeded,
+    settings_for_meta,
+)
+from uwav.training.losses import plg_loss
+
+STAGE = "pretrain"
+
+
+@dataclass(frozen=True)
+class PretrainResult:
+    """The trained generator (eval mode, on the training device), per-epoch history, last checkpoint folder."""
+
+    model: AudioVisualPLG
+    history: list[dict[str, Any]]
+    checkpoint: Path
+
+
+def _model_config(settings: PretrainSettings, visual_dim: int, audio_dim: int) -> dict[str, Any]:
+    return {
+        "visual_dim": visual_dim,
+        "audio_dim": audio_dim,
+        "layers": settings.layers,
+        "heads": settings.heads,
+        "ffn_multiplier": settings.ffn_multiplier,
+        "dropout": settings.dropout,
+    }
+
+
+def trim_to_longest(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """Cut a batch to its longest video; returns (visual, audio, labels, padding_mask)."""
+    lengths = batch["lengths"]
+    longest = int(lengths.max())
+    mask = padding_mask_from_lengths(lengths, longest)
+    return batch["visual"][:, :longest], batch["audio"][:, :longest], batch["segment_labels"][:, :longest], mask
+
+
+def pretrain_plg(
+    data: PretrainData,
+    settings: PretrainSettings,
+    run_dir: Path,
+    *,
+    progress: bool = True,
+    callback: EpochCallback | None = None,
+    resume: bool = True,
+    keep_epoch_checkpoints: int | None = DEFAULT_KEEP_EPOCH_CHECKPOINTS,
+) -> PretrainResult:
+    """Train the audio-visual PLG; resumes from `run_dir`'s last checkpoint unless `resume=False`
+    (which deletes `run_dir/checkpoints` first).
+
+    `callback(record)` runs after each epoch's checkpoint is written; `record` holds `epoch`,
+    `loss` (mean training loss of the epoch) and `lr` (rate of its last step).
+    """
+    device = resolve_device(settings.device)
+    visual_dim, audio_dim = data.visual.shape[2], data.audio.shape[2]
+    config = _model_config(settings, visual_dim, audio_dim)
+    identity = {
+        "stage": STAGE,
+        "model": config,
+        "settings": settings_for_meta(settings),
+        "data": {"n_videos": data.n_videos, "n_segments": data.visual.shape[1], "n_classes": data.segment_labels.shape[2]},
+    }
+    batches = InMemoryBatches(
+        {"visual": data.visual, "audio": data.audio, "segment_labels": data.segment_labels, "lengths": data.lengths},
+        settings.batch_size,
+        device,
+    )
+    visual_text, audio_text = data.visual_text.to(device), data.audio_text.to(device)
+    with seeded(settings.seed, device):
+        model = AudioVisualPLG(**config).to(device)
+        shuffle = torch.Generator().manual_seed(settings.seed + 1)
+        run = TrainingRun(
+            model=model,
+            identity=identity,
+            settings=settings,
+            steps_per_epoch=len(batches),
+            run_dir=run_dir,
+            generators={"shuffle": shuffle},
+            resume=resume,
+            keep_epoch_checkpoints=keep_epoch_checkpoints,
+        )
+        bar = epoch_bar(range(run.epoch, settings.epochs), settings.epochs, run.epoch, "pretrain PLG", progress)
+        for _ in bar:
+            model.train()
+            total = torch.zeros((), device=device)
+            for batch in batches.shuffled(shuffle):
+                visual, audio, labels, mask = trim_to_longest(batch)
+                visual_logits, audio_logits = model(visual, audio, visual_text, audio_text, mask)
+                loss = plg_loss(visual_logits, audio_logits, labels, mask)
+                lr = run.train_step(loss)
+                total += loss.detach()
+            record = {"loss": float(total) / len(batches), "lr": lr}
+            run.end_epoch(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
+            if callback is not None:
+                callback(run.history[-1])
+    model.eval()
+    if run.last_checkpoint is None:
+        raise RuntimeError(f"pretrain_plg: no checkpoint written under {run_dir}")
+    return PretrainResult(model=model, history=run.history, checkpoint=run.last_checkpoint)
+
+
+def load_plg(checkpoint: Path, device: str = "cpu") -> AudioVisualPLG:
+    """The generator of a stage-1 checkpoint folder (eval mode), rebuilt from its metadata."""
+    meta = load_checkpoint(checkpoint, with_state=False).meta
+    if meta.get("identity", {}).get("stage") != STAGE:
+        raise ValueError(f"{checkpoint}: not a stage-1 (PLG) checkpoint")
+    model = AudioVisualPLG(**meta["identity"]["model"])
+    return load_weights_into(model, checkpoint).to(resolve_device(device)).eval()
+
+
+@torch.no_grad()
+def predict_plg(
+    model: AudioVisualPLG,
+    visual: np.ndarray | torch.Tensor,
+    audio: np.ndarray | torch.Tensor,
+    lengths: np.ndarray | torch.Tensor,
+    visual_text: np.ndarray | torch.Tensor,
+    audio_text: np.ndarray | torch.Tensor,
+    *,
+    batch_size: int = 256,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(visual_logits, audio_logits), each float32 (N, T, C), on the model's device in eval mode.
+
+    Padded segments (index >= length) are NaN so that using them by mistake is visible.
+    """
+    visual_t, audio_t, lengths_t, visual_text_t, audio_text_t = plg_inputs(visual, audio, lengths, visual_text, audio_text)
+    device = next(model.parameters()).device
+    model.eval()
+    batches = InMemoryBatches({"visual": visual_t, "audio": audio_t, "lengths": lengths_t}, batch_size, device)
+    visual_text_d, audio_text_d = visual_text_t.to(device), audio_text_t.to(device)
+    outputs: list[tuple[np.ndarray, np.ndarray]] = []
+    t = visual_t.shape[1]
+    for batch in batches.in_order():
+        mask = padding_mask_from_lengths(batch["lengths"], t)
+        visual_logits, audio_logits = model(batch["visual"], batch["audio"], visual_text_d, audio_text_d, mask)
+        fill = mask[:, :, None]
+        outputs.append(
+            (
+                visual_logits.float().masked_fill(fill, float("nan")).cpu().numpy(),
+                audio_logits.float().masked_fill(fill, float("nan")).cpu().numpy(),
+            )
+        )
+    return np.concatenate([v for v, _ in outputs]), np.concatenate([a for _, a in outputs])
