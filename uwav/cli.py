@@ -39,5 +39,160 @@ def catalog_check(catalog: CatalogOption = DEFAULT_CATALOG) -> None:
     raise typer.Exit(1 if missing else 0)
 
 
+
+
+def _stage_list(value: str | None) -> list[str] | None:
+    return [name.strip().replace("-", "_") for name in value.split(",") if name.strip()] if value else None
+
+
+@app.command()
+def run(
+    catalog: CatalogOption = DEFAULT_CATALOG,
+    stages: Annotated[str | None, typer.Option(help="Comma-separated stages to bring up to date (default: all).")] = None,
+    force: Annotated[str | None, typer.Option(help="Comma-separated stages to recompute even if fresh.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Run the pipeline without Prefect: stale stages run, fresh ones are skipped."""
+    from uwav.stages import StageError, run_pipeline
+
+    loaded = _load(catalog)
+    try:
+        records = run_pipeline(
+            loaded, _stage_list(stages), _stage_list(force) or (), progress=progress,
+            on_stage=lambda record: typer.echo(f"{record.stage:>14}: done in {record.seconds:.1f} s ({record.fingerprint})"),
+        )
+    except StageError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+    if not records:
+        typer.echo("everything is fresh: nothing to do")
+    elif any(record.stage == "train" for record in records):
+        from uwav.stages import promote_model
+
+        typer.echo(promote_model(loaded, only_if_better=False)[1])
+
+
+@app.command()
+def status(catalog: CatalogOption = DEFAULT_CATALOG) -> None:
+    """Each stage as fresh, stale (and why) or missing."""
+    from uwav.stages import stage_status
+
+    for item in stage_status(_load(catalog)):
+        why = f"  ({item.why})" if item.why and item.state != "fresh" else ""
+        typer.echo(f"{item.stage:>14}  {item.state:<8} {item.fingerprint}{why}")
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option(help="Folder to write the dataset into.")],
+    mode: Annotated[str, typer.Option(help="media (MP4 files + annotations) or features (per-segment vectors).")] = "media",
+    seed: int = 0,
+    n_pretrain: Annotated[int | None, typer.Option(help="Pre-training videos (default: the mode's).")] = None,
+    n_train: int | None = None,
+    n_val: int | None = None,
+    n_test: int | None = None,
+    layouts_from: Annotated[Path | None, typer.Option(help="Real LLP dense-label file to draw event layouts from (features mode).")] = None,
+) -> None:
+    """Write the synthetic audio-visual benchmark (deterministic by seed)."""
+    from uwav.datasets.synth import synth_main
+
+    if mode not in ("media", "features"):
+        typer.echo(f"error: --mode must be 'media' or 'features', got {mode!r}", err=True)
+        raise typer.Exit(2)
+    written = synth_main(
+        mode, out, seed, n_pretrain=n_pretrain, n_train=n_train, n_val=n_val, n_test=n_test, layouts_from=layouts_from  # type: ignore[arg-type]
+    )
+    typer.echo(f"synthetic {mode} benchmark written to {written}")
+
+
+@app.command()
+def serve(
+    catalog: CatalogOption = DEFAULT_CATALOG,
+    limit: Annotated[int | None, typer.Option(help="Most flow runs at once.")] = None,
+) -> None:
+    """Register the uwav/* deployments with the Prefect API (PREFECT_API_URL) and serve them."""
+    _load(catalog)  # refuse a bad catalog before talking to the server
+    from flows.deployments import serve_deployments  # Prefect lives in flows/, not in the library
+
+    serve_deployments(catalog, limit=limit)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the generated data, stores, metrics.json and report.html.")] = Path("demo-out"),
+    seed: int = 0,
+    prefect: Annotated[bool, typer.Option(help="Run through the Prefect flow (embedded server); --no-prefect runs the stages directly.")] = True,
+) -> None:
+    """The synthetic media benchmark through the full pipeline with tiny encoders on CPU."""
+    import json
+    import shutil
+    import time
+
+    from uwav.demo import write_demo_catalog
+    from uwav.evaluation.report import format_scores_table
+    from uwav.stages import promote_model, run_pipeline, state_dir
+
+    started = time.perf_counter()
+    catalog_path = write_demo_catalog(out, seed)
+    typer.echo(f"demo catalog: {catalog_path}")
+    if prefect:
+        from flows.pipeline import uwav_flow
+
+        uwav_flow(catalog=str(catalog_path))
+    else:
+        loaded = _load(catalog_path)
+        run_pipeline(loaded, progress=True)
+        promote_model(loaded, only_if_better=False)
+    record = state_dir(_load(catalog_path)).record("evaluate")
+    assert record is not None, "the evaluate stage left no record"
+    scores = record.metrics["scores"]
+    (out / "metrics.json").write_text(json.dumps(scores, indent=1))
+    shutil.copyfile(record.outputs["report"], out / "report.html")
+    typer.echo(format_scores_table(scores))
+    typer.echo(f"wrote {out / 'metrics.json'} and {out / 'report.html'} in {time.perf_counter() - started:.0f} s")
+
+
+@app.command()
+def parse(
+    videos: Annotated[list[Path], typer.Argument(help="Video files to parse.")],
+    out: Annotated[Path, typer.Option(help="Folder for events.json, events.parquet, segments.parquet and timelines.")] = Path("parsed"),
+    catalog: CatalogOption = DEFAULT_CATALOG,
+) -> None:
+    """Per-segment audio / visual / audio-visual events of VIDEOS with the catalog's current model."""
+    from uwav.stages import StageError, parse_media
+
+    try:
+        outputs = parse_media(_load(catalog), videos, out)
+    except StageError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"events: {outputs.events_json}, {outputs.events_parquet}; segments: {outputs.segments_parquet}")
+    for video_id, path in outputs.timelines.items():
+        typer.echo(f"  {video_id}: {path}")
+
+
+@app.command()
+def ablation(
+    catalog: CatalogOption = DEFAULT_CATALOG,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """The paper's Table-4 ablation grid on the catalog's pseudo-labels (runs the pipeline up to pseudo_labels first)."""
+    from uwav.stages import StageError, run_ablation_grid, run_pipeline
+    from uwav.training.han_train import format_ablation
+
+    loaded = _load(catalog)
+    try:
+        run_pipeline(loaded, ["pseudo_labels"], progress=progress)
+        table = run_ablation_grid(loaded, progress=progress)
+    except StageError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(format_ablation(table))
+
+
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -446,6 +446,8 @@ def make_feature_benchmark(
 
     id_rng = derived_rng(seed, "features-ids")
     taken: set[str] = set()
+    # Pre-training ids first: the pre-training set must not change when the target set grows.
+    pretrain_ids = draw_video_ids(id_rng, n_pretrain, taken)
     n_target = len(target_layouts.n_segments)
     starts = 10 * id_rng.integers(0, 30, size=n_target)
     target_ids = [f"{v}_{s}_{s + 10}" for v, s in zip(draw_video_ids(id_rng, n_target, taken), starts, strict=True)]
@@ -455,7 +457,6 @@ def make_feature_benchmark(
     evaluated = {v for v, s in zip(target_ids, target_splits, strict=True) if s in ("val", "test")}
     dense = all_dense.filter(pl.col("video_id").is_in(list(evaluated)))
 
-    pretrain_ids = draw_video_ids(id_rng, n_pretrain, taken)
     p_train, p_val, _ = split_counts(n_pretrain)
     pretrain_splits = ["train"] * p_train + ["val"] * p_val + ["test"] * (n_pretrain - p_train - p_val)
     # UnAV-100 annotates audio-visual events only: its labels and dense rows are the AV runs.

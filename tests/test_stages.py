@@ -1,0 +1,193 @@
+"""The seven stages end to end on a small feature-mode synthetic catalog, and their caching rules."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from uwav.catalog import load_catalog
+from uwav.cli import app
+from uwav.labels import read_pseudo_labels
+from uwav.stages import STAGES, StageError, compute_fingerprints, plan, run_pipeline, stage_status, state_dir
+
+SIZES = {"mode": "features", "seed": 3, "n_pretrain": 40, "n_train": 60, "n_val": 20, "n_test": 20}
+
+
+def small_catalog(**stage_overrides: dict) -> dict:
+    stages = {
+        "features": {"source": "synthetic"},
+        "pretrain": {"layers": 1, "heads": 4, "epochs": 2, "warmup_epochs": 1, "batch_size": 16, "device": "cpu"},
+        "train": {
+            "han": {"d_model": 64, "ffn": 128, "heads": 4},
+            "epochs": 2, "warmup_epochs": 1, "batch_size": 16, "device": "cpu",
+        },
+    }
+    for stage, values in stage_overrides.items():
+        stages[stage] = {**stages.get(stage, {}), **values}
+    return {
+        "datasets": {
+            "target": {"kind": "synthetic", "annotations": "data", "role": "target", "synthetic": SIZES},
+            "pre": {"kind": "synthetic", "annotations": "data", "role": "pretrain", "synthetic": SIZES},
+        },
+        "target": "target",
+        "pretrain": "pre",
+        "stages": stages,
+    }
+
+
+def write_catalog(folder: Path, data: dict) -> Path:
+    path = folder / "data_catalog.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One full pipeline run, shared by the tests below (each copies it before changing anything)."""
+    folder = tmp_path_factory.mktemp("pipeline")
+    catalog = load_catalog(write_catalog(folder, small_catalog()))
+    records = run_pipeline(catalog, progress=False)
+    assert [r.stage for r in records] == list(STAGES)
+    return folder
+
+
+def copy_run(source: Path, target: Path) -> Path:
+    """A copy of a finished run; records hold absolute paths, so they are rewritten to the copy."""
+    shutil.copytree(source, target)
+    for record in (target / "runs" / "state").glob("*.json"):
+        record.write_text(record.read_text().replace(str(source), str(target)))
+    return target / "data_catalog.yaml"
+
+
+def test_full_pipeline_outputs(finished_run: Path) -> None:
+    catalog = load_catalog(finished_run / "data_catalog.yaml")
+    state = state_dir(catalog)
+    evaluate = state.record("evaluate")
+    assert evaluate is not None
+    scores = json.loads(Path(evaluate.outputs["metrics"]).read_text())
+    assert set(scores) >= {"seg_a", "seg_v", "seg_av", "seg_type", "seg_event", "event_type", "event_event"}
+    assert all(0.0 <= value <= 100.0 for value in scores.values())
+    assert Path(evaluate.outputs["report"]).read_text().startswith("<!DOCTYPE html>")
+    # Pseudo-labels cover every target video with features, as the contract's Parquet.
+    segment = state.record("segment")
+    manifest = pl.read_parquet(segment.outputs["target_manifest"])
+    folder = Path(state.record("pseudo_labels").outputs["pseudo_labels"])
+    labels = read_pseudo_labels(folder, manifest["video_id"].to_list())
+    assert labels.arrays["audio_soft"].shape == (manifest.height, 10, 25)
+    soft, hard = labels.arrays["visual_soft"], labels.arrays["visual_hard"]
+    assert ((soft > 0.5) == (hard == 1)).all(), "eq. 10 and 12 agree: sigmoid(z - theta) > 0.5 iff z > theta"
+    thresholds = json.loads(Path(state.record("calibrate").outputs["thresholds"]).read_text())
+    assert thresholds["source"]["split"] == "val"
+    quality = state.record("pseudo_labels").metrics["quality"]
+    assert set(quality) == {"val", "test"}
+
+
+def test_unchanged_catalog_is_a_no_op(finished_run: Path) -> None:
+    catalog = load_catalog(finished_run / "data_catalog.yaml")
+    assert plan(catalog) == []
+    assert all(status.state == "fresh" for status in stage_status(catalog))
+    assert run_pipeline(catalog, progress=False) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "rerun"),
+    [
+        ({"train": {"mixup": False}}, ["train", "evaluate"]),
+        ({"evaluate": {"threshold": 0.4}}, ["evaluate"]),
+        ({"calibrate": {"method": "quantile"}}, ["calibrate", "pseudo_labels", "train", "evaluate"]),
+        ({"pretrain": {"epochs": 3}}, ["pretrain", "calibrate", "pseudo_labels", "train", "evaluate"]),
+    ],
+)
+def test_a_changed_setting_reruns_exactly_its_stage_and_downstream(
+    finished_run: Path, tmp_path: Path, change: dict, rerun: list[str]
+) -> None:
+    path = copy_run(finished_run, tmp_path / "run")
+    write_catalog(path.parent, small_catalog(**change))
+    catalog = load_catalog(path)
+    statuses = {status.stage: status for status in stage_status(catalog)}
+    assert [stage for stage in STAGES if statuses[stage].state != "fresh"] == rerun
+    assert "settings" in statuses[rerun[0]].why
+    if len(rerun) > 1:
+        assert f"{rerun[0]} changed" in statuses[rerun[1]].why
+    records = run_pipeline(catalog, progress=False)
+    assert [record.stage for record in records] == rerun
+
+
+def test_forcing_a_stage_reruns_it_and_downstream_only(finished_run: Path, tmp_path: Path) -> None:
+    catalog = load_catalog(copy_run(finished_run, tmp_path / "run"))
+    assert plan(catalog, force=["train"]) == ["train", "evaluate"]
+    assert plan(catalog, stages=["pseudo_labels"], force=["calibrate"]) == ["calibrate", "pseudo_labels"]
+    with pytest.raises(StageError, match="unknown stage 'trian'"):
+        plan(catalog, stages=["trian"])
+
+
+def test_deleted_outputs_make_a_stage_stale(finished_run: Path, tmp_path: Path) -> None:
+    catalog = load_catalog(copy_run(finished_run, tmp_path / "run"))
+    thresholds = Path(state_dir(catalog).record("calibrate").outputs["thresholds"])
+    thresholds.unlink()
+    status = {s.stage: s for s in stage_status(catalog)}
+    assert status["calibrate"].state == "stale" and "deleted" in status["calibrate"].why
+    assert [r.stage for r in run_pipeline(catalog, stages=["calibrate"], progress=False)] == ["calibrate"]
+    assert thresholds.exists()
+
+
+def test_fingerprints_do_not_depend_on_devices_or_workers(tmp_path: Path) -> None:
+    base = compute_fingerprints(load_catalog(write_catalog(tmp_path, small_catalog())))
+    other = small_catalog(features={"workers": 7}, train={"device": "auto"}, pretrain={"device": "auto"})
+    assert compute_fingerprints(load_catalog(write_catalog(tmp_path, other))) == base
+
+
+def test_cli_status_and_run(finished_run: Path, tmp_path: Path) -> None:
+    path = copy_run(finished_run, tmp_path / "run")
+    runner = CliRunner()
+    result = runner.invoke(app, ["status", "--catalog", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("fresh") == len(STAGES)
+    result = runner.invoke(app, ["run", "--catalog", str(path)])
+    assert result.exit_code == 0 and "nothing to do" in result.output
+    write_catalog(path.parent, small_catalog(evaluate={"threshold": 0.3}))
+    result = runner.invoke(app, ["status", "--catalog", str(path)])
+    assert "evaluate  stale" in result.output and "settings" in result.output
+    result = runner.invoke(app, ["run", "--catalog", str(path), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "evaluate: done" in result.output and "train: done" not in result.output
+
+
+def test_new_target_videos_only_rerun_the_target_side(finished_run: Path, tmp_path: Path) -> None:
+    """More target videos: features (incremental), calibration onwards rerun; stage 1 stays fresh."""
+    path = copy_run(finished_run, tmp_path / "run")
+    data = small_catalog()
+    bigger = {**SIZES, "n_train": 70}
+    data["datasets"]["target"]["synthetic"] = bigger
+    data["datasets"]["pre"]["synthetic"] = bigger
+    write_catalog(path.parent, data)
+    catalog = load_catalog(path)
+    states = {s.stage: s.state for s in stage_status(catalog)}
+    assert states["pretrain"] == "fresh"
+    assert states["features"] == "stale" and states["train"] == "stale"
+
+
+def test_synthetic_pretraining_set_does_not_depend_on_target_sizes() -> None:
+    """What lets stage 1 stay fresh above: the generator draws the pre-training part first."""
+    from uwav.datasets.synth_features import make_feature_benchmark
+
+    sizes = {"n_pretrain": 12, "n_val": 4, "n_test": 4}
+    small = make_feature_benchmark(seed=5, n_train=8, **sizes)
+    large = make_feature_benchmark(seed=5, n_train=16, **sizes)
+    assert small.pretrain.manifest.equals(large.pretrain.manifest)
+    for space in small.pretrain.features:
+        assert (small.pretrain.features[space] == large.pretrain.features[space]).all()
+
+
+def test_stage_order_is_enforced(tmp_path: Path) -> None:
+    from uwav.stages import run_stage
+
+    catalog = load_catalog(write_catalog(tmp_path, small_catalog()))
+    with pytest.raises(StageError, match="upstream stage segment is not fresh"):
+        run_stage(catalog, "features", progress=False)

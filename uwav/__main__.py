@@ -1,0 +1,3 @@
+from uwav.cli import main
+
+main()
