@@ -92,3 +92,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real annotation files not found at {SHARED_DATA} (see ../shared/data/README.md)")
     return SHARED_DATA
+
+
+# ------------------------------------------------------------------ Prefect
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> object:
+    """One temporary Prefect server (SQLite) for the whole session; start-up takes ~25 s."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

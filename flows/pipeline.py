@@ -1,0 +1,107 @@
+"""The `uwav` Prefect flow: schedules `uwav.stages`, holds no science.
+
+Each stage is one Prefect task whose cache key is the stage's fingerprint (settings + upstream
+fingerprints + code), so an unchanged stage shows as Cached and does no work; the stage function
+itself skips fresh stages too, so Prefect and `uwav run` agree. Transient I/O errors are retried a
+bounded number of times (`orchestration.task_retries` in the catalog).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.context import TaskRunContext
+
+from uwav.catalog import Catalog, load_catalog
+from uwav.stages import STAGES, compute_fingerprints, plan, promote_model, run_stage, stage_status, state_dir
+
+TRANSIENT_ERRORS = (OSError, TimeoutError)
+
+
+def _stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    catalog = load_catalog(parameters["catalog_path"])
+    return f"uwav-{parameters['stage']}-{compute_fingerprints(catalog)[parameters['stage']]}"
+
+
+def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only I/O-like failures; a wrong setting or a bug fails at once."""
+    try:
+        state.result()
+    except TRANSIENT_ERRORS:
+        return True
+    except Exception:  # noqa: BLE001 - any other failure is final
+        return False
+    return False
+
+
+@task(task_run_name="{stage}", cache_key_fn=_stage_cache_key, persist_result=True, retry_condition_fn=_retry_transient)
+def stage_task(catalog_path: str, stage: str, force: bool = False) -> dict[str, Any]:
+    """Run one stage (or return its fresh record)."""
+    record = run_stage(load_catalog(catalog_path), stage, force=force, progress=False)
+    get_run_logger().info("%s: %s in %.1f s", stage, record.fingerprint, record.seconds)
+    return asdict(record)
+
+
+def _publish_artifacts(catalog: Catalog, records: dict[str, dict[str, Any]]) -> None:
+    """Metrics table, pseudo-label quality table and the evaluation report link, per run."""
+    status_rows = [{"stage": s.stage, "state": s.state, "fingerprint": s.fingerprint, "why": s.why} for s in stage_status(catalog)]
+    create_table_artifact(status_rows, key="uwav-stages", description="Stage states after this run")
+    evaluate = records.get("evaluate")
+    if evaluate is not None:
+        scores = evaluate["metrics"].get("scores", {})
+        create_table_artifact([{"metric": k, "value": round(v, 2)} for k, v in scores.items()], key="uwav-metrics",
+                              description="LLP-protocol scores on the evaluation split (percent)")
+        create_markdown_artifact(f"Report: `{evaluate['outputs'].get('report', '')}`", key="uwav-report")
+    pseudo = records.get("pseudo_labels")
+    if pseudo is not None and pseudo["metrics"].get("quality"):
+        rows = [{"split": split, **{k: round(v, 2) for k, v in scores.items()}} for split, scores in pseudo["metrics"]["quality"].items()]
+        create_table_artifact(rows, key="uwav-pseudo-label-quality", description="Pseudo-label quality (paper Table 3)")
+
+
+@flow(name="uwav", log_prints=True)
+def uwav_flow(
+    catalog: str = "data_catalog.yaml",
+    stages: list[str] | None = None,
+    force: list[str] | None = None,
+    retrain: bool = False,
+) -> dict[str, Any]:
+    """Bring the requested stages (default: all) and whatever upstream is stale up to date.
+
+    `retrain=True` (the scheduled `uwav/retrain` deployment) runs the whole pipeline, which
+    processes only videos added since the last run, and keeps the previous model as current
+    when the new one scores worse on validation.
+    """
+    logger = get_run_logger()
+    catalog_path = str(Path(catalog).resolve())
+    loaded = load_catalog(catalog_path)
+    forced = [name.replace("-", "_") for name in force or []]
+    requested = [name.replace("-", "_") for name in stages] if stages else list(STAGES)
+    to_run = plan(loaded, requested, forced)
+    first_forced = min((STAGES.index(name) for name in forced), default=len(STAGES))
+    last = max(STAGES.index(name) for name in requested)
+    logger.info("plan: %s", ", ".join(to_run) or "nothing to do")
+    records: dict[str, dict[str, Any]] = {}
+    options = {"retries": loaded.orchestration.task_retries, "retry_delay_seconds": loaded.orchestration.retry_delay_s}
+    with state_dir(loaded).lock():
+        for index, stage in enumerate(STAGES[: last + 1]):
+            run_it = stage in to_run
+            refresh = run_it  # a stale record must never be answered from Prefect's cache
+            records[stage] = stage_task.with_options(refresh_cache=refresh, **options)(
+                catalog_path, stage, force=index >= first_forced
+            )
+    if "train" in records:
+        promoted, message = promote_model(loaded, only_if_better=retrain)
+        logger.info(message)
+        create_markdown_artifact(f"**Model:** {message}", key="uwav-model", description="Which model is current")
+    if retrain and "segment" in records:
+        new = records["segment"]["metrics"].get("target_new_videos", 0)
+        create_markdown_artifact(f"**Retraining:** {new} new target videos since the last run.", key="uwav-retrain")
+    _publish_artifacts(loaded, records)
+    summary = {stage: {"fingerprint": r["fingerprint"], "metrics": r["metrics"]} for stage, r in records.items()}
+    logger.info("done: %s", json.dumps({s: v["fingerprint"] for s, v in summary.items()}))
+    return summary
