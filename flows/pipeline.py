@@ -13,12 +13,23 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import TaskRunContext
 
 from uwav.catalog import Catalog, load_catalog
-from uwav.stages import STAGES, compute_fingerprints, plan, promote_model, run_stage, stage_status, state_dir
+from uwav.stages import (
+    STAGES,
+    compute_feature_shard,
+    compute_fingerprints,
+    merge_quarantine,
+    pending_feature_shards,
+    plan,
+    promote_model,
+    run_stage,
+    stage_status,
+    state_dir,
+)
 
 TRANSIENT_ERRORS = (OSError, TimeoutError)
 
@@ -45,6 +56,45 @@ def stage_task(catalog_path: str, stage: str, force: bool = False) -> dict[str, 
     record = run_stage(load_catalog(catalog_path), stage, force=force, progress=False)
     get_run_logger().info("%s: %s in %.1f s", stage, record.fingerprint, record.seconds)
     return asdict(record)
+
+
+@task(task_run_name="features-shard-{shard_index}", retry_condition_fn=_retry_transient)
+def feature_shard_task(catalog_path: str, video_ids: list[str], shard_index: int) -> list[dict[str, Any]]:
+    return compute_feature_shard(load_catalog(catalog_path), video_ids)
+
+
+@flow(name="uwav-features-fanout")
+def features_fanout(catalog_path: str, shards: list[list[str]]) -> list[dict[str, Any]]:
+    """Feature extraction over video shards on the flow's task runner (Dask when configured)."""
+    futures = feature_shard_task.map(unmapped(catalog_path), shards, list(range(len(shards))))
+    return [row for future in futures for row in future.result()]
+
+
+def dask_task_runner(catalog: Catalog) -> Any:
+    """A prefect-dask task runner for the catalog's cluster, or None when no cluster is configured."""
+    settings = catalog.orchestration
+    if settings.dask_address is None and settings.dask_local_workers is None:
+        return None
+    from prefect_dask import DaskTaskRunner
+
+    if settings.dask_address is not None:
+        return DaskTaskRunner(address=settings.dask_address)
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": settings.dask_local_workers, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1"
+        }
+    )
+
+
+def _fan_out_features(catalog_path: str, catalog: Catalog) -> None:
+    """Spread the features stage's per-video work over the cluster; the stage task then finds it done."""
+    runner = dask_task_runner(catalog)
+    if runner is None:
+        return
+    shards = pending_feature_shards(catalog)
+    if shards:
+        get_run_logger().info("features: %d shards of videos over %s", len(shards), type(runner).__name__)
+        merge_quarantine(catalog, features_fanout.with_options(task_runner=runner)(catalog_path, shards))
 
 
 def _publish_artifacts(catalog: Catalog, records: dict[str, dict[str, Any]]) -> None:
@@ -91,6 +141,8 @@ def uwav_flow(
         for index, stage in enumerate(STAGES[: last + 1]):
             run_it = stage in to_run
             refresh = run_it  # a stale record must never be answered from Prefect's cache
+            if run_it and stage == "features":
+                _fan_out_features(catalog_path, loaded)
             records[stage] = stage_task.with_options(refresh_cache=refresh, **options)(
                 catalog_path, stage, force=index >= first_forced
             )

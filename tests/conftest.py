@@ -29,7 +29,7 @@ _network_attempts: list[str] = []
 def _is_loopback(host: object) -> bool:
     if not isinstance(host, str):
         return False
-    if host in ("localhost", "") or host.endswith(".localhost"):
+    if host in ("localhost", "", "0.0.0.0", "::") or host.endswith(".localhost"):  # wildcard = this machine
         return True
     try:
         return ipaddress.ip_address(host.split("%")[0]).is_loopback

@@ -358,18 +358,89 @@ def _open_store(catalog: Catalog, dtype: str | None = None):  # noqa: ANN202 - F
     return FeatureStore(catalog.store("features"), dtype=dtype)  # type: ignore[arg-type]
 
 
-def features(catalog: Catalog, out_dir: Path, progress: bool) -> StageOutput:
-    """Fill the feature store for every video of both datasets (only the videos it lacks) and the
-    class text embeddings of both class lists."""
-    from uwav.media.quarantine import QuarantineLog
+FEATURE_SHARD_VIDEOS = 32  # videos per fan-out task: enough to fill encoder batches, small enough to spread
+
+
+def _encoded_features(catalog: Catalog) -> set[str]:
+    """The features the encoders compute (the official source brings the HAN's own)."""
+    settings = catalog.stages.features
+    han_inputs = HAN_INPUT_FEATURES[catalog.stages.train.han.inputs]
+    return {*PLG_FEATURES, *(() if settings.source == "official" else han_inputs)}
+
+
+def _both_manifests(catalog: Catalog) -> Any:
+    import polars as pl
+
     from uwav.workspace import load_tables
 
-    settings = catalog.stages.features
     segment_outputs = _record(catalog, "segment").outputs
     target, pretrain = load_tables(segment_outputs, "target"), load_tables(segment_outputs, "pretrain")
     clash = set(target.manifest["video_id"]) & set(pretrain.manifest["video_id"])
     if clash:
         raise StageError(f"features: video ids in both datasets would share store entries: {sorted(clash)[:5]}")
+    return target, pretrain, pl.concat([target.manifest, pretrain.manifest])
+
+
+def pending_feature_shards(catalog: Catalog, shard_videos: int = FEATURE_SHARD_VIDEOS) -> list[list[str]]:
+    """For fan-out (Dask): register every video in the store (the single coordinator's job) and
+    return shards of the videos whose features are still missing. Empty unless the encoders run."""
+    import polars as pl
+
+    from uwav.features.encoders import build_encoders
+
+    settings = catalog.stages.features
+    if settings.source == "synthetic":
+        return []
+    _, _, manifest = _both_manifests(catalog)
+    usable = manifest.filter(pl.col("media_path").is_not_null())
+    encoders = build_encoders(catalog.encoders, "cpu", features=_encoded_features(catalog), base_dir=catalog.base_dir)
+    store = _open_store(catalog, settings.dtype)
+    store.allocate(
+        usable["video_id"].to_list(), usable["n_segments"].to_list(), encoders.feature_shapes(),
+        encoder_identities={encoder.feature: encoder.identity for encoder in encoders.active()},
+    )
+    complete = store.completed([encoder.feature for encoder in encoders.active()])
+    pending = [video_id for video_id in usable["video_id"].to_list() if video_id not in complete]
+    return [pending[start : start + shard_videos] for start in range(0, len(pending), shard_videos)]
+
+
+def compute_feature_shard(catalog: Catalog, video_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """One fan-out task: the features of `video_ids` into the store; returns their quarantine rows
+    (the coordinator merges them, so workers never write the shared quarantine table)."""
+    import polars as pl
+
+    from uwav.features.encoders import build_encoders
+    from uwav.features.extract import extract_features
+    from uwav.media.quarantine import QuarantineLog
+
+    settings = catalog.stages.features
+    _, _, manifest = _both_manifests(catalog)
+    shard = manifest.filter(pl.col("video_id").is_in(list(video_ids)))
+    encoders = build_encoders(catalog.encoders, settings.device, features=_encoded_features(catalog), base_dir=catalog.base_dir)
+    quarantine = QuarantineLog()
+    extract_features(shard, _open_store(catalog, settings.dtype), encoders, settings, quarantine,
+                     max_side=catalog.stages.segment.max_side, progress=False)
+    return quarantine.to_frame().to_dicts()
+
+
+def merge_quarantine(catalog: Catalog, rows: Sequence[dict[str, Any]]) -> None:
+    """Add fan-out tasks' quarantine rows to the catalog's quarantine table."""
+    from uwav.media.quarantine import QuarantineLog
+
+    log = QuarantineLog.load(_quarantine_path(catalog))
+    for row in rows:
+        log.record(row["video_id"], row["path"], row["stage"], row["reason"])
+    log.write(_quarantine_path(catalog))
+
+
+def features(catalog: Catalog, out_dir: Path, progress: bool) -> StageOutput:
+    """Fill the feature store for every video of both datasets (only the videos it lacks) and the
+    class text embeddings of both class lists. After a fan-out (`pending_feature_shards` +
+    `compute_feature_shard` on a cluster) this only finds the work done and writes the rest."""
+    from uwav.media.quarantine import QuarantineLog
+
+    settings = catalog.stages.features
+    target, pretrain, _ = _both_manifests(catalog)
     store = _open_store(catalog, settings.dtype)
     metrics: dict[str, Any] = {}
     if settings.source == "synthetic":
@@ -380,9 +451,7 @@ def features(catalog: Catalog, out_dir: Path, progress: bool) -> StageOutput:
         from uwav.features.encoders import build_encoders
         from uwav.features.extract import compute_text_embeddings, extract_features
 
-        han_inputs = HAN_INPUT_FEATURES[catalog.stages.train.han.inputs]
-        wanted = {*PLG_FEATURES, *(() if settings.source == "official" else han_inputs)}
-        encoders = build_encoders(catalog.encoders, settings.device, features=wanted, base_dir=catalog.base_dir)
+        encoders = build_encoders(catalog.encoders, settings.device, features=_encoded_features(catalog), base_dir=catalog.base_dir)
         quarantine = QuarantineLog.load(_quarantine_path(catalog))
         try:
             for tables in (target, pretrain):

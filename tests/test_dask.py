@@ -1,0 +1,50 @@
+"""Scale-out: the features stage fanned out over a 2-worker Dask LocalCluster fills the store
+exactly as the threaded run does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from uwav.catalog import load_catalog
+from uwav.demo import demo_catalog
+from uwav.features.store import FeatureStore
+from uwav.stages import state_dir
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def media_catalog(folder: Path, **orchestration: object) -> Path:
+    data = demo_catalog(seed=4)
+    for dataset in data["datasets"].values():
+        dataset["synthetic"].update(n_pretrain=3, n_train=6, n_val=2, n_test=2)
+    data["orchestration"] = orchestration
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "data_catalog.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_features_on_a_local_dask_cluster_equal_the_threaded_run(tmp_path: Path) -> None:
+    from flows.pipeline import uwav_flow
+
+    threaded = media_catalog(tmp_path / "threaded")
+    clustered = media_catalog(tmp_path / "dask", dask_local_workers=2)
+    for path in (threaded, clustered):
+        state = uwav_flow(catalog=str(path), stages=["features"], return_state=True)
+        assert state.is_completed(), state
+
+    stores = [FeatureStore(load_catalog(path).store("features"), dtype=None) for path in (threaded, clustered)]
+    assert stores[0].completed() == stores[1].completed() and len(stores[0].completed()) == 3 + 6 + 2 + 2
+    videos = sorted(stores[0].completed())
+    for name in ("clip", "clap", "r2plus1d"):
+        values, lengths = stores[0].read(name, videos)
+        other_values, other_lengths = stores[1].read(name, videos)
+        np.testing.assert_array_equal(lengths, other_lengths)
+        np.testing.assert_array_equal(values, other_values)
+    # In the clustered run the stage itself found every video done by the fan-out tasks.
+    extraction = state_dir(load_catalog(clustered)).record("features").metrics["target_extraction"]
+    assert extraction["computed"] == 0 and extraction["already_complete"] == 6 + 2 + 2
