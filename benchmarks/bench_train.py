@@ -39,7 +39,8 @@ from uwav.catalog import HanSettings, TrainSettings
 from uwav.models.han import HAN
 from uwav.training.data import HanFeatures, HanTrainData, LabelledSplit, average_frames
 from uwav.training.han_train import class_balance_for, han_model_config, train_han
-from uwav.training.loops import TrainingRun, resolve_device
+from uwav.devices import resolve_device
+from uwav.training.loops import TrainingRun
 from uwav.training.losses import UWAVLoss
 
 N_CLASSES, FRAMES = 25, 8

@@ -218,7 +218,7 @@ def test_clap_with_a_hugging_face_text_branch_needs_it_in_the_local_cache(
 def test_cuda_is_refused_without_a_gpu() -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    with pytest.raises(EncoderError, match="no CUDA device"):
+    with pytest.raises(RuntimeError, match="no CUDA device"):
         build_encoders(TINY, "cuda", features=["clip"])
 
 

@@ -136,6 +136,10 @@ def demo(
     catalog_path = write_demo_catalog(out, seed)
     typer.echo(f"demo catalog: {catalog_path}")
     if prefect:
+        import os
+
+        # The demo's embedded server is throwaway and offline: no usage telemetry.
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         from flows.pipeline import uwav_flow
 
         uwav_flow(catalog=str(catalog_path))

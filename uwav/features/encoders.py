@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uwav.catalog import EncoderConfig, EncodersConfig
+from uwav.devices import resolve_device
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 FEATURE_NAMES: tuple[str, str, str] = ("clip", "clap", "r2plus1d")
@@ -60,18 +61,6 @@ class EncoderError(RuntimeError):
 
 
 # ---------------------------------------------------------------- devices and checkpoints
-
-
-def resolve_device(setting: str | torch.device) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU is an error, not a silent fallback."""
-    if isinstance(setting, torch.device):
-        return setting
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(setting)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EncoderError(f"device {setting!r} requested but torch sees no CUDA device")
-    return device
 
 
 def file_digest(path: Path) -> str:

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 import uwav
 from uwav.catalog import PretrainSettings, TrainSettings
+from uwav.devices import resolve_device
 from uwav.training.checkpoints import (
     BEST_NAME,
     capture_rng,
@@ -46,15 +47,6 @@ from uwav.training.schedule import WarmupCosine
 EpochCallback = Callable[[dict[str, Any]], None]
 CHECKPOINTS_DIR = "checkpoints"
 DEFAULT_KEEP_EPOCH_CHECKPOINTS = 5
-
-
-def resolve_device(device: str) -> torch.device:
-    """`auto` is CUDA when available, else CPU; `cuda` without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
-    return torch.device(device)
 
 
 def progress_enabled(progress: bool) -> bool | None:
