@@ -8,6 +8,7 @@ bounded number of times (`orchestration.task_retries` in the catalog).
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -26,12 +27,14 @@ from uwav.stages import (
     pending_feature_shards,
     plan,
     promote_model,
+    run_ablation_grid,
     run_stage,
     stage_status,
     state_dir,
 )
 
 TRANSIENT_ERRORS = (OSError, TimeoutError)
+TIMELINE_ARTIFACTS = 4
 
 
 def _stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
@@ -97,6 +100,15 @@ def _fan_out_features(catalog_path: str, catalog: Catalog) -> None:
         merge_quarantine(catalog, features_fanout.with_options(task_runner=runner)(catalog_path, shards))
 
 
+@task(task_run_name="ablation")
+def ablation_task(catalog_path: str) -> list[dict[str, Any]]:
+    from uwav.evaluation.report import ablation_markdown
+
+    table = run_ablation_grid(load_catalog(catalog_path), progress=False)
+    create_markdown_artifact(ablation_markdown(table), key="uwav-ablation", description="Ablation (paper Table 4)")
+    return table.to_dicts()
+
+
 def _publish_artifacts(catalog: Catalog, records: dict[str, dict[str, Any]]) -> None:
     """Metrics table, pseudo-label quality table and the evaluation report link, per run."""
     status_rows = [{"stage": s.stage, "state": s.state, "fingerprint": s.fingerprint, "why": s.why} for s in stage_status(catalog)]
@@ -107,6 +119,14 @@ def _publish_artifacts(catalog: Catalog, records: dict[str, dict[str, Any]]) -> 
         create_table_artifact([{"metric": k, "value": round(v, 2)} for k, v in scores.items()], key="uwav-metrics",
                               description="LLP-protocol scores on the evaluation split (percent)")
         create_markdown_artifact(f"Report: `{evaluate['outputs'].get('report', '')}`", key="uwav-report")
+        images = sorted(Path(evaluate["outputs"]["timelines"]).glob("*.png"))[:TIMELINE_ARTIFACTS]
+        if images:
+            # Image artifacts need a URL; inline data URIs keep the timelines inside Prefect.
+            markdown = "\n\n".join(
+                f"**{image.stem}**\n\n![{image.stem}](data:image/png;base64,{base64.b64encode(image.read_bytes()).decode()})"
+                for image in images
+            )
+            create_markdown_artifact(markdown, key="uwav-timelines", description="Truth vs prediction, per video")
     pseudo = records.get("pseudo_labels")
     if pseudo is not None and pseudo["metrics"].get("quality"):
         rows = [{"split": split, **{k: round(v, 2) for k, v in scores.items()}} for split, scores in pseudo["metrics"]["quality"].items()]
@@ -119,12 +139,14 @@ def uwav_flow(
     stages: list[str] | None = None,
     force: list[str] | None = None,
     retrain: bool = False,
+    ablation: bool = False,
 ) -> dict[str, Any]:
     """Bring the requested stages (default: all) and whatever upstream is stale up to date.
 
     `retrain=True` (the scheduled `uwav/retrain` deployment) runs the whole pipeline, which
     processes only videos added since the last run, and keeps the previous model as current
-    when the new one scores worse on validation.
+    when the new one scores worse on validation. `ablation=True` also trains the paper's
+    Table-4 grid on the run's pseudo-labels and publishes it as an artifact.
     """
     logger = get_run_logger()
     catalog_path = str(Path(catalog).resolve())
@@ -154,6 +176,8 @@ def uwav_flow(
         new = records["segment"]["metrics"].get("target_new_videos", 0)
         create_markdown_artifact(f"**Retraining:** {new} new target videos since the last run.", key="uwav-retrain")
     _publish_artifacts(loaded, records)
+    if ablation:
+        ablation_task(catalog_path)
     summary = {stage: {"fingerprint": r["fingerprint"], "metrics": r["metrics"]} for stage, r in records.items()}
     logger.info("done: %s", json.dumps({s: v["fingerprint"] for s, v in summary.items()}))
     return summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -52,6 +53,27 @@ def test_flow_runs_every_stage_then_is_a_cached_no_op(tmp_path: Path) -> None:
     _, states = run_flow(catalog=str(path))
     ran = sorted(name for name, state in states.items() if state == "Completed")
     assert ran == ["evaluate", "train"], states
+
+    # Artifacts: metrics, pseudo-label quality, timelines, and the ablation table when asked for.
+    _, states = run_flow(catalog=str(path), ablation=True)
+    assert states["ablation"] == "Completed"
+    artifacts = latest_artifacts()
+    assert {"uwav-metrics", "uwav-pseudo-label-quality", "uwav-timelines", "uwav-model", "uwav-ablation"} <= set(artifacts)
+    assert "data:image/png;base64," in artifacts["uwav-timelines"]
+    assert "soft + reweight + mixup (UWAV)" in artifacts["uwav-ablation"]
+    assert any(row["metric"] == "seg_type" for row in json.loads(artifacts["uwav-metrics"]))
+
+
+def latest_artifacts() -> dict[str, str]:
+    """Artifact key -> data of its latest version."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_latest_artifacts(
+            artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(exists_=True))
+        )
+    return {artifact.key: artifact.data for artifact in found}
 
 
 def test_single_stage_deployment_parameters_and_force(tmp_path: Path) -> None:

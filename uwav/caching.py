@@ -29,6 +29,10 @@ def stable_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def text_fingerprint(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 @lru_cache(maxsize=None)
 def code_fingerprint(modules: tuple[str, ...]) -> str:
     """Hash of the source files of the given package-relative modules or folders (e.g. 'media', 'stages.py')."""
@@ -64,7 +68,7 @@ def fingerprint(stage: str, settings: Any, inputs: Mapping[str, str], code: Sequ
         "inputs": dict(inputs),
         "code": code_fingerprint(tuple(code)),
     }
-    return hashlib.sha256(stable_json(payload).encode()).hexdigest()[:16]
+    return text_fingerprint(stable_json(payload))
 
 
 @dataclass

@@ -20,23 +20,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from uwav.caching import StageRecord, StateDir, code_fingerprint, file_fingerprint, fingerprint, stable_json
-from uwav.catalog import Catalog, DatasetConfig
+from uwav.caching import StageRecord, StateDir, code_fingerprint, file_fingerprint, fingerprint, stable_json, text_fingerprint
+from uwav.catalog import Catalog
 from uwav.contracts import text_embedding_name
 
 log = logging.getLogger(__name__)
 
 STAGES: tuple[str, ...] = ("segment", "features", "pretrain", "calibrate", "pseudo_labels", "train", "evaluate")
 
-# Package-relative sources whose change makes a stage stale (its own code and what it calls).
+# Package-relative sources whose change makes a stage stale: the stage functions themselves
+# (this module and the artifact layouts in workspace.py) and the library code each one calls.
+_STAGE_MODULES = ("stages.py", "workspace.py", "contracts.py")
 STAGE_CODE: dict[str, tuple[str, ...]] = {
-    "segment": ("contracts.py", "datasets", "media"),
-    "features": ("media", "features", "datasets/synth_features.py"),
-    "pretrain": ("models/plg.py", "training"),
-    "calibrate": ("labels/calibration.py", "training/pretrain.py"),
-    "pseudo_labels": ("labels", "training/losses.py", "evaluation/protocol.py"),
-    "train": ("models/han.py", "training", "evaluation/protocol.py"),
-    "evaluate": ("evaluation", "training/han_train.py"),
+    "segment": (*_STAGE_MODULES, "datasets", "media"),
+    "features": (*_STAGE_MODULES, "media", "features", "datasets/synth_features.py"),
+    "pretrain": (*_STAGE_MODULES, "models/plg.py", "training"),
+    "calibrate": (*_STAGE_MODULES, "labels/calibration.py", "training/pretrain.py"),
+    "pseudo_labels": (*_STAGE_MODULES, "labels", "training/losses.py", "evaluation/protocol.py"),
+    "train": (*_STAGE_MODULES, "models/han.py", "training", "evaluation/protocol.py"),
+    "evaluate": (*_STAGE_MODULES, "evaluation", "training/han_train.py", "parsing.py"),
 }
 
 
@@ -85,14 +87,8 @@ def _dataset_identity(catalog: Catalog, name: str) -> dict[str, Any]:
         listing = sorted(
             (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(media_root).iterdir() if p.is_file()
         )
-        identity["media"] = fingerprint_text(stable_json(listing))
+        identity["media"] = text_fingerprint(stable_json(listing))
     return identity
-
-
-def fingerprint_text(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # Stages whose fingerprints feed each stage's. Stage 1 deliberately does not depend on
@@ -192,7 +188,7 @@ def _why_stale(catalog: Catalog, stage: str, record: StageRecord, fingerprints: 
         for name in STAGE_UPSTREAM[stage]
         if record.inputs.get(f"upstream.{name}") != fingerprints[name]
     ]
-    if record.inputs.get("settings") != fingerprint_text(stable_json(stage_settings(catalog, stage))):
+    if record.inputs.get("settings") != text_fingerprint(stable_json(stage_settings(catalog, stage))):
         reasons.append("its settings or input files changed")
     if record.inputs.get("code") != code_fingerprint(tuple(STAGE_CODE[stage])):
         reasons.append("its code changed")
@@ -253,7 +249,7 @@ def run_stage(catalog: Catalog, stage: str, *, force: bool = False, progress: bo
         metrics=output.metrics,
         inputs={
             **{f"upstream.{name}": fingerprints[name] for name in STAGE_UPSTREAM[stage]},
-            "settings": fingerprint_text(stable_json(stage_settings(catalog, stage))),
+            "settings": text_fingerprint(stable_json(stage_settings(catalog, stage))),
             "code": code_fingerprint(tuple(STAGE_CODE[stage])),
         },
         seconds=time.perf_counter() - started,
@@ -286,8 +282,6 @@ def run_pipeline(
 STAGE_FUNCTIONS: dict[str, Callable[[Catalog, Path, bool], StageOutput]] = {}
 
 
-def _dataset_config(catalog: Catalog, role: str) -> DatasetConfig:
-    return catalog.dataset(catalog.target if role == "target" else catalog.pretrain)
 
 
 # ---------------------------------------------------------------- the stages
@@ -819,6 +813,7 @@ def evaluate(catalog: Catalog, out_dir: Path, progress: bool) -> StageOutput:
     )
     outputs = {"metrics": str(metrics_path), "predictions": str(predictions_path)}
     outputs["report"] = str(_write_report(catalog, out_dir, tables, split.video_ids, scores, pred_audio, pred_visual, labelled, segment_prob))
+    outputs["timelines"] = str(out_dir / "timelines")
     return StageOutput(outputs, {"scores": scores, "videos": len(split.video_ids), "excluded_videos": split.excluded})
 
 
@@ -887,7 +882,9 @@ def _write_report(
     segment_prob: Any,
 ) -> Path:
     """report.html: metrics, pseudo-label quality, training curves and per-video timelines."""
+    from uwav.evaluation.plots import write_bytes_atomic
     from uwav.evaluation.report import report_timelines, write_html_report
+    from uwav.parsing import timeline_file_name
 
     train_record = _record(catalog, "train")
     history = json.loads(Path(train_record.outputs["history"]).read_text())
@@ -897,6 +894,10 @@ def _write_report(
         video_ids, tables.classes, pred_audio, pred_visual, labelled.gt_audio, labelled.gt_visual,
         probs[..., 0], probs[..., 1],
     )
+    timeline_dir = out_dir / "timelines"
+    timeline_dir.mkdir(exist_ok=True)
+    for video_id, png in timelines:
+        write_bytes_atomic(timeline_dir / timeline_file_name(video_id), png)
     return write_html_report(
         out_dir / "report.html",
         title=f"uwav: {tables.name} ({catalog.stages.evaluate.split} split)",
