@@ -34,6 +34,7 @@ from uwav.stages import (
 )
 
 TRANSIENT_ERRORS = (OSError, TimeoutError)
+PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 TIMELINE_ARTIFACTS = 4
 
 
@@ -43,9 +44,11 @@ def _stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str
 
 
 def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry only I/O-like failures; a wrong setting or a bug fails at once."""
+    """Retry only I/O-like failures; a wrong setting, a missing file or a bug fails at once."""
     try:
         state.result()
+    except PERMANENT_OS_ERRORS:
+        return False
     except TRANSIENT_ERRORS:
         return True
     except Exception:  # noqa: BLE001 - any other failure is final

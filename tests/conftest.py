@@ -17,6 +17,7 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 _PREFECT_HOME = tempfile.mkdtemp(prefix="uwav-prefect-home-")
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["DO_NOT_TRACK"] = "1"  # Prefect's client-side telemetry switch
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ["UWAV_NO_PROGRESS"] = "1"
 

@@ -115,3 +115,28 @@ def test_deployments_cover_every_stage_and_the_schedule(tmp_path: Path) -> None:
     declared = yaml.safe_load((Path(__file__).resolve().parents[1] / "prefect.yaml").read_text())["deployments"]
     assert {d["name"] for d in declared} == expected
     assert all(d["entrypoint"] == "flows/pipeline.py:uwav_flow" for d in declared)
+
+
+class _FailedState:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def result(self) -> None:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [
+        (ConnectionResetError("peer reset"), True),
+        (TimeoutError("slow disk"), True),
+        (OSError(5, "I/O error"), True),
+        (FileNotFoundError("annotations.json"), False),
+        (PermissionError("runs/"), False),
+        (ValueError("bad setting"), False),
+    ],
+)
+def test_only_transient_errors_are_retried(error: BaseException, retried: bool) -> None:
+    from flows.pipeline import _retry_transient
+
+    assert _retry_transient(None, None, _FailedState(error)) is retried
