@@ -301,6 +301,23 @@ def test_served_deployments_run_the_pipeline_then_retrain_on_new_videos_only(
         full_run = completed_run_of(port, deployments["full-pipeline"])
         assert "is now current" in artifact_text(port, full_run["id"], "uwav-model")
 
+        # ------------------------------------------------ uwav parse with the current model
+        videos = sorted(media.llp_media.glob("*.mp4"))[:2]
+        broken = tmp_path / "broken.mp4"
+        broken.write_bytes(b"not a video")
+        parsed_dir = tmp_path / "parsed"
+        parse = subprocess.run(
+            [str(Path(sys.executable).parent / "uwav"), "parse", *map(str, videos), str(broken),
+             "--catalog", str(catalog), "--out", str(parsed_dir)],
+            env=env, capture_output=True, text=True, timeout=300, check=False,
+        )
+        assert parse.returncode == 0, parse.stdout + parse.stderr
+        events = json.loads((parsed_dir / "events.json").read_text())
+        assert sorted(video["video_id"] for video in events["videos"]) == sorted(v.stem for v in videos)
+        segments = pl.read_parquet(parsed_dir / "segments.parquet")
+        assert segments.height == 10 * len(videos) and set(segments.columns) >= {"audio", "visual", "audio_visual"}
+        assert all((parsed_dir / f"{v.stem}.png").read_bytes().startswith(b"\x89PNG") for v in videos)
+
         # ------------------------------------------------ new videos, then uwav/retrain
         added = publish_target(media, project, N_INITIAL_TRAIN + N_ADDED)[N_INITIAL_TRAIN:]
         run_deployment("retrain", env)
