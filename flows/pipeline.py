@@ -21,11 +21,14 @@ from prefect.context import TaskRunContext
 from uwav.catalog import Catalog, load_catalog
 from uwav.stages import (
     STAGES,
+    cache_probe_results,
     compute_feature_shard,
     compute_fingerprints,
     merge_quarantine,
     pending_feature_shards,
+    pending_probe_shards,
     plan,
+    probe_shard,
     promote_model,
     run_ablation_grid,
     run_stage,
@@ -69,10 +72,18 @@ def feature_shard_task(catalog_path: str, video_ids: list[str], shard_index: int
     return compute_feature_shard(load_catalog(catalog_path), video_ids)
 
 
-@flow(name="uwav-features-fanout")
-def features_fanout(catalog_path: str, shards: list[list[str]]) -> list[dict[str, Any]]:
-    """Feature extraction over video shards on the flow's task runner (Dask when configured)."""
-    futures = feature_shard_task.map(unmapped(catalog_path), shards, list(range(len(shards))))
+@task(task_run_name="segment-shard-{shard_index}", retry_condition_fn=_retry_transient)
+def probe_shard_task(catalog_path: str, paths: list[str], shard_index: int) -> list[dict[str, Any]]:
+    return probe_shard(load_catalog(catalog_path), paths)
+
+
+SHARD_TASKS = {"segment": probe_shard_task, "features": feature_shard_task}
+
+
+@flow(name="uwav-fanout", flow_run_name="{stage}-fanout")
+def stage_fanout(catalog_path: str, stage: str, shards: list[list[str]]) -> list[dict[str, Any]]:
+    """A stage's per-video work over shards on the flow's task runner (Dask when configured)."""
+    futures = SHARD_TASKS[stage].map(unmapped(catalog_path), shards, list(range(len(shards))))
     return [row for future in futures for row in future.result()]
 
 
@@ -92,24 +103,20 @@ def dask_task_runner(catalog: Catalog) -> Any:
     )
 
 
-def _fan_out_features(catalog_path: str, catalog: Catalog) -> None:
-    """Spread the features stage's per-video work over the cluster; the stage task then finds it done."""
+def _fan_out(catalog_path: str, catalog: Catalog, stage: str) -> None:
+    """Spread a stage's per-video work over the cluster; the stage task then finds it done.
+
+    segment: media probes, cached by the coordinator; features: encoding, written by the workers
+    into their own chunks of the store (quarantine rows come back to the coordinator)."""
     runner = dask_task_runner(catalog)
-    if runner is None:
+    if runner is None or stage not in SHARD_TASKS:
         return
-    shards = pending_feature_shards(catalog)
-    if shards:
-        get_run_logger().info("features: %d shards of videos over %s", len(shards), type(runner).__name__)
-        merge_quarantine(catalog, features_fanout.with_options(task_runner=runner)(catalog_path, shards))
-
-
-@task(task_run_name="ablation")
-def ablation_task(catalog_path: str) -> list[dict[str, Any]]:
-    from uwav.evaluation.report import ablation_markdown
-
-    table = run_ablation_grid(load_catalog(catalog_path), progress=False)
-    create_markdown_artifact(ablation_markdown(table), key="uwav-ablation", description="Ablation (paper Table 4)")
-    return table.to_dicts()
+    shards = pending_probe_shards(catalog) if stage == "segment" else pending_feature_shards(catalog)
+    if not shards:
+        return
+    get_run_logger().info("%s: %d shards of videos over %s", stage, len(shards), type(runner).__name__)
+    rows = stage_fanout.with_options(task_runner=runner)(catalog_path, stage, shards)
+    (cache_probe_results if stage == "segment" else merge_quarantine)(catalog, rows)
 
 
 def _publish_artifacts(catalog: Catalog, records: dict[str, dict[str, Any]]) -> None:
@@ -166,8 +173,8 @@ def uwav_flow(
         for index, stage in enumerate(STAGES[: last + 1]):
             run_it = stage in to_run
             refresh = run_it  # a stale record must never be answered from Prefect's cache
-            if run_it and stage == "features":
-                _fan_out_features(catalog_path, loaded)
+            if run_it:
+                _fan_out(catalog_path, loaded, stage)
             records[stage] = stage_task.with_options(refresh_cache=refresh, **options)(
                 catalog_path, stage, force=index >= first_forced
             )

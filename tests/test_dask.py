@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 import yaml
 
@@ -45,6 +46,14 @@ def test_features_on_a_local_dask_cluster_equal_the_threaded_run(tmp_path: Path)
         other_values, other_lengths = stores[1].read(name, videos)
         np.testing.assert_array_equal(lengths, other_lengths)
         np.testing.assert_array_equal(values, other_values)
+    # Segment fan-out: the cluster probed every media file and the stage used the cached results.
+    from uwav.media.probe import load_probe_cache
+    from uwav.stages import probe_cache_path
+
+    manifests = [pl.read_parquet(state_dir(load_catalog(p)).record("segment").outputs["target_manifest"]) for p in (threaded, clustered)]
+    assert manifests[0].drop("media_path").equals(manifests[1].drop("media_path"))
+    cache = load_probe_cache(probe_cache_path(load_catalog(clustered)))
+    assert cache.height == 3 + 6 + 2 + 2 and cache["reason"].null_count() == cache.height
     # In the clustered run the stage itself found every video done by the fan-out tasks.
     extraction = state_dir(load_catalog(clustered)).record("features").metrics["target_extraction"]
     assert extraction["computed"] == 0 and extraction["already_complete"] == 6 + 2 + 2

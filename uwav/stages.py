@@ -299,6 +299,43 @@ def _quarantine_path(catalog: Catalog) -> Path:
     return Path(catalog.store("runs")) / "quarantine.parquet"
 
 
+PROBE_SHARD_VIDEOS = 256  # media files per fan-out task: header reads are quick
+
+
+def probe_cache_path(catalog: Catalog) -> Path:
+    """Media probe results by (path, size, mtime), shared by runs of the segment stage."""
+    return Path(catalog.store("runs")) / "segment" / "probe_cache.parquet"
+
+
+def pending_probe_shards(catalog: Catalog, shard_videos: int = PROBE_SHARD_VIDEOS) -> list[list[str]]:
+    """For fan-out (Dask): the media files of both datasets not probed yet, in shards."""
+    from uwav.datasets import ValidationReport
+    from uwav.media.probe import load_probe_cache, unprobed_paths
+    from uwav.workspace import read_catalog_dataset
+
+    paths: list[str] = []
+    for role in ("target", "pretrain"):
+        manifest = read_catalog_dataset(catalog, role, ValidationReport()).manifest
+        paths += manifest["media_path"].drop_nulls().to_list()
+    pending = unprobed_paths(paths, load_probe_cache(probe_cache_path(catalog)))
+    return [pending[start : start + shard_videos] for start in range(0, len(pending), shard_videos)]
+
+
+def probe_shard(catalog: Catalog, paths: Sequence[str]) -> Any:
+    """One fan-out task of the segment stage: probe results of `paths` (the coordinator caches them)."""
+    from uwav.media.probe import probe_paths
+
+    return probe_paths(paths, workers=catalog.stages.segment.workers).to_dicts()
+
+
+def cache_probe_results(catalog: Catalog, rows: Sequence[dict[str, Any]]) -> None:
+    import polars as pl
+
+    from uwav.media.probe import PROBE_SCHEMA, update_probe_cache
+
+    update_probe_cache(probe_cache_path(catalog), pl.DataFrame(list(rows), schema=PROBE_SCHEMA))
+
+
 def segment(catalog: Catalog, out_dir: Path, progress: bool) -> StageOutput:
     """Read both datasets (generating synthetic ones), validate every row, probe every video's
     media and write the manifests the later stages use. Bad rows go to the validation report,
@@ -317,7 +354,9 @@ def segment(catalog: Catalog, out_dir: Path, progress: bool) -> StageOutput:
     metrics: dict[str, Any] = {}
     for role in ("target", "pretrain"):
         tables = read_catalog_dataset(catalog, role, report)
-        manifest = probe_manifest(tables.manifest, quarantine, workers=catalog.stages.segment.workers)
+        manifest = probe_manifest(
+            tables.manifest, quarantine, cache_path=probe_cache_path(catalog), workers=catalog.stages.segment.workers
+        )
         tables = type(tables)(tables.role, tables.name, tables.classes, manifest, tables.dense)
         outputs.update(write_tables(out_dir, tables))
         metrics[f"{role}_videos"] = dict(manifest.group_by("split").len().sort("split").iter_rows())
