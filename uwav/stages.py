@@ -824,8 +824,8 @@ def run_ablation_grid(catalog: Catalog, *, progress: bool = True) -> Any:
 
 def evaluate(catalog: Catalog, out_dir: Path, progress: bool) -> StageOutput:
     """The trained HAN on the evaluation split with the LLP protocol (and AVE accuracy for AVE)."""
-    from uwav.evaluation import avvp_scores, decide
-    from uwav.training.han_train import evaluate_han, load_han, predict_han
+    from uwav.evaluation import ave_accuracy, avvp_scores
+    from uwav.training.han_train import ave_predictions, ave_targets, llp_decisions, load_han, predict_han
     from uwav.workspace import load_tables
 
     settings = catalog.stages.evaluate
@@ -835,13 +835,12 @@ def evaluate(catalog: Catalog, out_dir: Path, progress: bool) -> StageOutput:
     model = load_han(Path(train_record.outputs["best_checkpoint"]), catalog.stages.train.device)
     split, labelled = _labelled_split(catalog, store, tables, settings.split)
     segment_prob, video_prob = predict_han(model, labelled.features)
-    # decide() takes (N, C, T) per modality; the HAN gives (N, T, modality, C).
-    pred_audio, pred_visual = decide(
-        segment_prob[:, :, 0].transpose(0, 2, 1), segment_prob[:, :, 1].transpose(0, 2, 1), video_prob, settings.threshold
-    )
+    pred_audio, pred_visual = llp_decisions(segment_prob, video_prob, settings.threshold)
     scores = avvp_scores(pred_audio, pred_visual, labelled.gt_audio, labelled.gt_visual)
     if _task(catalog) == "ave":
-        scores["ave_accuracy"] = evaluate_han(model, labelled, "ave")["ave_accuracy"]
+        scores["ave_accuracy"] = ave_accuracy(
+            ave_predictions(segment_prob, video_prob, settings.threshold), ave_targets(labelled.gt_audio, labelled.gt_visual)
+        )
     metrics_path = out_dir / "metrics.json"
     metrics_path.write_text(json.dumps(scores, indent=1))
     predictions_path = out_dir / "predictions.npz"
