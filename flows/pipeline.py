@@ -119,6 +119,15 @@ def _fan_out(catalog_path: str, catalog: Catalog, stage: str) -> None:
     (cache_probe_results if stage == "segment" else merge_quarantine)(catalog, rows)
 
 
+@task(task_run_name="ablation")
+def ablation_task(catalog_path: str) -> list[dict[str, Any]]:
+    from uwav.evaluation.report import ablation_markdown
+
+    table = run_ablation_grid(load_catalog(catalog_path), progress=False)
+    create_markdown_artifact(ablation_markdown(table), key="uwav-ablation", description="Ablation (paper Table 4)")
+    return table.to_dicts()
+
+
 def _publish_artifacts(catalog: Catalog, records: dict[str, dict[str, Any]]) -> None:
     """Metrics table, pseudo-label quality table and the evaluation report link, per run."""
     status_rows = [{"stage": s.stage, "state": s.state, "fingerprint": s.fingerprint, "why": s.why} for s in stage_status(catalog)]
