@@ -115,3 +115,34 @@ def test_lock_times_out_with_a_clear_message(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_killed_prefect_flow_resumes_without_redoing_finished_stages(tmp_path: Path) -> None:
+    """SIGKILL the `uwav` flow process (with its embedded Prefect server) during stage 1, then run
+    the flow again: it completes, the stages finished before the kill are not redone."""
+    from flows.pipeline import uwav_flow
+
+    catalog = write_catalog(tmp_path, small_catalog())
+    env = {**os.environ, "UWAV_NO_PROGRESS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    env.pop("PREFECT_API_URL", None)  # the child starts its own temporary server
+    process = subprocess.Popen(
+        [sys.executable, "-c", f"from flows.pipeline import uwav_flow; uwav_flow(catalog={str(catalog)!r})"],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    pretrain_dir = tmp_path / "runs" / "pretrain"
+    try:
+        wait_for(lambda: pretrain_dir.is_dir() and any(pretrain_dir.iterdir()), process)
+        time.sleep(0.5)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the flow and its server, as a crash would
+        process.wait()
+    state = StateDir(tmp_path / "runs")
+    before = {name: state.record(name) for name in ("segment", "features")}
+    assert all(record is not None for record in before.values())
+    assert state.record("evaluate") is None
+    result = uwav_flow(catalog=str(catalog), return_state=True)
+    assert result.is_completed(), result
+    for name, record in before.items():
+        assert state.record(name).finished_at == record.finished_at, f"{name} was redone"
+    assert state.record("evaluate") is not None
