@@ -569,7 +569,7 @@ def pretrain(catalog: Catalog, out_dir: Path, progress: bool) -> StageOutput:
     if not split.video_ids:
         raise StageError(f"pretrain: no training video of dataset {tables.name!r} has CLIP and CLAP features")
     visual, audio = split.features["clip"], split.features["clap"]
-    labels = segment_label_matrix(tables.dense, split.video_ids, tables.classes, visual.shape[1])
+    labels = segment_label_matrix(tables, split.video_ids, visual.shape[1])
     visual_text, audio_text = _text_embeddings(store, "pretrain")
     data = PretrainData.from_arrays(visual, audio, split.lengths, labels, visual_text, audio_text)
     result = pretrain_plg(data, catalog.stages.pretrain, out_dir, progress=progress)
@@ -599,25 +599,12 @@ def _plg_logits(catalog: Catalog, store: Any, manifest: Any) -> tuple[_SplitArra
     return split, {"visual": visual_logits, "audio": audio_logits}
 
 
-def _dense_truth(tables: Any, video_ids: list[str], n_segments: int) -> dict[str, Any] | None:
-    """(N, C, T) bool dense truth per modality for `video_ids`, or None when none of them has dense labels."""
-    import polars as pl
-
-    from uwav.evaluation import dense_to_arrays
-
-    rows = tables.dense.filter(pl.col("video_id").is_in(video_ids))
-    if rows.height == 0:
-        return None
-    audio, visual = dense_to_arrays(rows, video_ids, tables.classes, n_segments)
-    return {"audio": audio, "visual": visual}
-
-
 def calibrate(catalog: Catalog, out_dir: Path, progress: bool) -> StageOutput:
     """Class-wise thresholds on the calibration split (never test): best segment F1, or the quantile fallback."""
     import numpy as np
 
     from uwav.labels import calibrate_thresholds
-    from uwav.workspace import load_tables, weak_label_matrix
+    from uwav.workspace import dense_truth, load_tables, weak_label_matrix
 
     settings = catalog.stages.calibrate
     tables = load_tables(_record(catalog, "segment").outputs, "target")
@@ -628,7 +615,7 @@ def calibrate(catalog: Catalog, out_dir: Path, progress: bool) -> StageOutput:
         raise StageError(f"calibrate: no {settings.split} video of {tables.name!r} has CLIP and CLAP features")
     n_segments = logits["visual"].shape[1]
     valid = np.arange(n_segments)[None, :] < split.lengths[:, None]
-    truth = _dense_truth(tables, split.video_ids, n_segments) if settings.method == "f1" else None
+    truth = dense_truth(tables, split.video_ids, n_segments) if settings.method == "f1" else None
     if truth is not None:
         truth = {m: truth[m].transpose(0, 2, 1) for m in truth}  # calibration works on (N, T, C)
     method = settings.method if truth is not None else "quantile"
@@ -664,7 +651,7 @@ def pseudo_labels(catalog: Catalog, out_dir: Path, progress: bool) -> StageOutpu
     from uwav.labels import ThresholdSet, completed_shards, iter_shards, read_pseudo_labels, write_shard
     from uwav.labels.pseudo_labels import shard_name
     from uwav.training.losses import binary_pseudo_labels, soft_pseudo_labels
-    from uwav.workspace import load_tables, weak_label_matrix
+    from uwav.workspace import dense_truth, load_tables, weak_label_matrix
 
     tables = load_tables(_record(catalog, "segment").outputs, "target")
     thresholds = ThresholdSet.load(Path(_record(catalog, "calibrate").outputs["thresholds"]))
@@ -700,7 +687,7 @@ def pseudo_labels(catalog: Catalog, out_dir: Path, progress: bool) -> StageOutpu
         if not ids:
             continue
         loaded = read_pseudo_labels(folder, _available_ids(folder, ids))
-        truth = _dense_truth(tables, loaded.video_ids, loaded.valid.shape[1])
+        truth = dense_truth(tables, loaded.video_ids, loaded.valid.shape[1])
         assert truth is not None
         hard = {m: loaded.arrays[f"{m}_hard"].astype(bool).transpose(0, 2, 1) for m in ("audio", "visual")}
         quality[split_name] = pseudo_label_quality(hard["audio"], hard["visual"], truth["audio"], truth["visual"])
@@ -735,12 +722,13 @@ def _labelled_split(catalog: Catalog, store: Any, tables: Any, split_name: str) 
     import polars as pl
 
     from uwav.training.data import LabelledSplit
+    from uwav.workspace import dense_truth
 
     labelled = tables.split(split_name).filter(pl.col("video_id").is_in(tables.dense["video_id"].implode()))
     split, features = _han_features(catalog, store, labelled)
     if not split.video_ids:
         raise StageError(f"no {split_name} video of {tables.name!r} has dense labels and HAN features")
-    truth = _dense_truth(tables, split.video_ids, features.n_segments)
+    truth = dense_truth(tables, split.video_ids, features.n_segments)
     assert truth is not None
     return split, LabelledSplit.from_arrays(features, truth["audio"], truth["visual"])
 

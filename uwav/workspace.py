@@ -138,11 +138,21 @@ def weak_label_matrix(manifest: pl.DataFrame, classes: list[str]) -> np.ndarray:
     return labels
 
 
-def segment_label_matrix(dense: pl.DataFrame, video_ids: list[str], classes: list[str], n_segments: int) -> np.ndarray:
-    """(N, T, C) float32 audio-visual segment labels (stage-1 targets): segments where the class is
-    both heard and seen (UnAV-100's events are audio-visual, so both rows exist)."""
+def dense_truth(tables: DatasetTables, video_ids: list[str], n_segments: int) -> dict[str, np.ndarray] | None:
+    """(N, C, T) bool dense truth per modality for `video_ids`, or None when none of them has dense labels."""
     from uwav.evaluation import dense_to_arrays
 
-    rows = dense.filter(pl.col("video_id").is_in(video_ids))
-    audio, visual = dense_to_arrays(rows, video_ids, classes, n_segments)
-    return (audio & visual).transpose(0, 2, 1).astype(np.float32)
+    rows = tables.dense.filter(pl.col("video_id").is_in(video_ids))
+    if rows.height == 0:
+        return None
+    audio, visual = dense_to_arrays(rows, video_ids, tables.classes, n_segments)
+    return {"audio": audio, "visual": visual}
+
+
+def segment_label_matrix(tables: DatasetTables, video_ids: list[str], n_segments: int) -> np.ndarray:
+    """(N, T, C) float32 audio-visual segment labels (stage-1 targets): segments where the class is
+    both heard and seen (UnAV-100's events are audio-visual, so both rows exist)."""
+    truth = dense_truth(tables, video_ids, n_segments)
+    if truth is None:
+        return np.zeros((len(video_ids), n_segments, len(tables.classes)), dtype=np.float32)
+    return (truth["audio"] & truth["visual"]).transpose(0, 2, 1).astype(np.float32)
