@@ -71,7 +71,16 @@ def test_tiny_encoders_build_offline_with_the_feature_shapes(tiny: Encoders, inp
         "clap/uwav-tiny-clap/random_init=seed0",
         "r2plus1d/uwav-tiny-r2plus1d/random_init=seed0",
     }
-    assert not any(encoder.autocast for encoder in tiny.active()), "bf16 autocast is for CUDA only"
+
+
+def test_bf16_precision_autocasts_the_encoders(tiny: Encoders, inputs: dict[str, np.ndarray]) -> None:
+    """`precision: bf16` changes the numerics (autocast is on, on CPU too) but not the embedding."""
+    bf16 = EncodersConfig(**{name: getattr(TINY, name).model_copy(update={"precision": "bf16"}) for name in ("clip", "clap", "r2plus1d")})
+    reduced = _encode(build_encoders(bf16, "cpu", features=["clip"]), inputs)["clip"]
+    full = _encode(tiny, inputs)["clip"]
+    assert reduced.dtype == np.float32 and not np.array_equal(reduced, full)
+    cosine = (reduced * full).sum(-1) / (np.linalg.norm(reduced, axis=-1) * np.linalg.norm(full, axis=-1))
+    assert cosine.min() > 0.99
 
 
 def test_random_init_is_deterministic_and_batch_independent(tiny: Encoders, inputs: dict[str, np.ndarray]) -> None:

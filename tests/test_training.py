@@ -31,6 +31,7 @@ from uwav.training.han_train import (
     evaluate_han,
     format_ablation,
     load_han,
+    predict_han,
     run_ablation,
     train_han,
 )
@@ -263,6 +264,10 @@ def test_pretrain_learns_and_predicts(tmp_path: Path) -> None:
     labels = data.segment_labels.numpy()[~padded] > 0
     product = 1 / (1 + np.exp(-visual_logits[~padded])) / (1 + np.exp(-audio_logits[~padded]))
     assert product[labels].mean() > product[~labels].mean() + 0.2
+    # bf16 prediction: autocast is on (other numerics), the logits stay float32 and close.
+    reduced, _ = predict_plg(model, data.visual, data.audio, data.lengths, data.visual_text, data.audio_text, precision="bf16")
+    assert reduced.dtype == np.float32 and not np.array_equal(reduced[~padded], visual_logits[~padded])
+    assert np.abs(reduced[~padded] - visual_logits[~padded]).max() < 0.1 * np.abs(visual_logits[~padded]).max()
 
 
 def test_pretrain_resume_is_bit_exact(tmp_path: Path) -> None:
@@ -281,8 +286,9 @@ def test_pretrain_resume_is_bit_exact(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- stage 2
 
 
-def test_train_han_resume_is_bit_exact(tmp_path: Path) -> None:
-    data, settings = han_data(), han_settings()  # soft labels, re-weighting, mixup and dropout all on
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_train_han_resume_is_bit_exact(tmp_path: Path, precision: str) -> None:
+    data, settings = han_data(), han_settings(precision=precision)  # soft labels, re-weighting, mixup and dropout all on
     uninterrupted = train_han(data, settings, tmp_path / "a", progress=False)
     with pytest.raises(Crash):
         train_han(data, settings, tmp_path / "b", progress=False, callback=crash_after(2))
@@ -297,6 +303,21 @@ def test_train_han_resume_is_bit_exact(tmp_path: Path) -> None:
     again = train_han(data, settings, tmp_path / "b", progress=False)
     assert_same_weights(again.model.state_dict(), resumed.model.state_dict())
     assert len(again.history) == settings.epochs and again.last_checkpoint == resumed.last_checkpoint
+
+
+def test_bf16_precision_autocasts_training_and_prediction(tmp_path: Path) -> None:
+    data = han_data()
+    full = train_han(data, han_settings(epochs=1), tmp_path / "fp32", progress=False)
+    reduced = train_han(data, han_settings(epochs=1, precision="bf16"), tmp_path / "bf16", progress=False)
+    weights = full.model.state_dict()
+    assert any(not torch.equal(value, weights[name]) for name, value in reduced.model.state_dict().items())
+    assert all(value.dtype == torch.float32 for value in reduced.model.state_dict().values())  # master weights stay float32
+    segment_fp32, _ = predict_han(reduced.model, data.val.features)
+    segment_bf16, _ = predict_han(reduced.model, data.val.features, precision="bf16")
+    assert segment_bf16.dtype == np.float32 and not np.array_equal(segment_bf16, segment_fp32)
+    assert np.abs(segment_bf16 - segment_fp32).max() < 0.05
+    with pytest.raises(ValueError, match="precision: checkpoint 'bf16', now 'fp32'"):
+        train_han(data, han_settings(epochs=2), tmp_path / "bf16", progress=False)
 
 
 def test_train_han_learns_and_keeps_the_best_checkpoint(tmp_path: Path) -> None:

@@ -15,3 +15,13 @@ def resolve_device(setting: str | torch.device) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {setting!r} requested but torch sees no CUDA device")
     return device
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The forward-pass precision context for a `Precision` setting ('fp32' or 'bf16') on `device`.
+
+    'bf16' autocasts matrix products to bfloat16 on CUDA and on CPU alike; 'fp32' disables autocast.
+    """
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")

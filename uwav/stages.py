@@ -594,7 +594,7 @@ def _plg_logits(catalog: Catalog, store: Any, manifest: Any) -> tuple[_SplitArra
     visual_text, audio_text = _text_embeddings(store, "target")
     visual_logits, audio_logits = predict_plg(
         model, split.features["clip"], split.features["clap"], split.lengths, visual_text, audio_text,
-        batch_size=catalog.stages.pseudo_labels.batch_size,
+        batch_size=catalog.stages.pseudo_labels.batch_size, precision=catalog.stages.pretrain.precision,
     )
     return split, {"visual": visual_logits, "audio": audio_logits}
 
@@ -822,7 +822,7 @@ def evaluate(catalog: Catalog, out_dir: Path, progress: bool) -> StageOutput:
     train_record = _record(catalog, "train")
     model = load_han(Path(train_record.outputs["best_checkpoint"]), catalog.stages.train.device)
     split, labelled = _labelled_split(catalog, store, tables, settings.split)
-    segment_prob, video_prob = predict_han(model, labelled.features)
+    segment_prob, video_prob = predict_han(model, labelled.features, precision=catalog.stages.train.precision)
     pred_audio, pred_visual = llp_decisions(segment_prob, video_prob, settings.threshold)
     scores = avvp_scores(pred_audio, pred_visual, labelled.gt_audio, labelled.gt_visual)
     if _task(catalog) == "ave":
@@ -989,7 +989,7 @@ def parse_media(catalog: Catalog, paths: Sequence[Path], out_dir: Path, *, progr
     if not split.video_ids:
         raise StageError("uwav parse: no video could be decoded; " + "; ".join(problems + [str(r) for r in quarantine.to_frame().rows()]))
     model = load_han(Path(checkpoint), catalog.stages.train.device)
-    segment_prob, video_prob = predict_han(model, han_features)
+    segment_prob, video_prob = predict_han(model, han_features, precision=catalog.stages.train.precision)
     durations = manifest.filter(pl.col("video_id").is_in(split.video_ids))["duration_s"].to_list()
     return write_parse_outputs(
         out_dir, split.video_ids, classes, segment_prob, video_prob, catalog.stages.evaluate.threshold, durations_s=durations

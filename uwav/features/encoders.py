@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uwav.catalog import EncoderConfig, EncodersConfig
-from uwav.devices import resolve_device
+from uwav.devices import autocast, resolve_device
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 FEATURE_NAMES: tuple[str, str, str] = ("clip", "clap", "r2plus1d")
@@ -186,7 +186,7 @@ def _resize_frames(frames: torch.Tensor, size: tuple[int, int], mode: str) -> to
 
 
 class _TorchEncoder(ABC):
-    """Shared plumbing: device, eval mode, no grad, bf16 autocast on CUDA when configured."""
+    """Shared plumbing: device, eval mode, no grad, autocast at the configured precision."""
 
     feature: str
     segment_input: str  # the attribute of decoded segments this encoder reads
@@ -197,11 +197,10 @@ class _TorchEncoder(ABC):
         self.device = device
         self.identity = identity
         self.dim = dim
-        self.autocast = device.type == "cuda" and config.precision == "bf16"
 
     @contextlib.contextmanager
     def _running(self) -> Iterator[None]:
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+        with torch.inference_mode(), autocast(self.device, self.config.precision):
             yield
 
     @abstractmethod

@@ -24,7 +24,8 @@ import numpy as np
 import polars as pl
 import torch
 
-from uwav.catalog import TrainSettings
+from uwav.catalog import Precision, TrainSettings
+from uwav.devices import autocast
 from uwav.evaluation import ave_accuracy, avvp_scores, decide
 from uwav.models.han import AUDIO, HAN, VISUAL
 from uwav.training.checkpoints import BEST_NAME, load_checkpoint, load_weights_into
@@ -96,7 +97,9 @@ def class_balance_for(data: HanTrainData, settings: TrainSettings) -> tuple[Clas
 
 
 @torch.no_grad()
-def predict_han(model: HAN, features: HanFeatures, *, batch_size: int = PREDICT_BATCH_SIZE) -> tuple[np.ndarray, np.ndarray]:
+def predict_han(
+    model: HAN, features: HanFeatures, *, batch_size: int = PREDICT_BATCH_SIZE, precision: Precision = "fp32"
+) -> tuple[np.ndarray, np.ndarray]:
     """(segment_prob float32 (N, T, 2, C) [audio, visual], video_prob float32 (N, C)), eval mode,
     on the model's device. Padded segments' probabilities are meaningless."""
     device = next(model.parameters()).device
@@ -104,7 +107,8 @@ def predict_han(model: HAN, features: HanFeatures, *, batch_size: int = PREDICT_
     segment, video = [], []
     for batch in InMemoryBatches(features.tensors(), batch_size, device).in_order():
         mask = None if "lengths" not in batch else padding_mask_from_lengths(batch["lengths"], features.n_segments)
-        output = model(batch["audio"], batch["visual2d"], batch["visual3d"], mask)
+        with autocast(device, precision):
+            output = model(batch["audio"], batch["visual2d"], batch["visual3d"], mask)
         segment.append(output.segment_prob.float().cpu().numpy())
         video.append(output.video_prob.float().cpu().numpy())
     return np.concatenate(segment), np.concatenate(video)
@@ -142,7 +146,9 @@ def ave_targets(gt_audio: np.ndarray, gt_visual: np.ndarray) -> np.ndarray:
     return np.where(count == 1, both.argmax(axis=1), both.shape[1]).astype(np.int64)
 
 
-def evaluate_han(model: HAN, split: LabelledSplit, task: Task = "llp", *, batch_size: int = PREDICT_BATCH_SIZE) -> dict[str, float]:
+def evaluate_han(
+    model: HAN, split: LabelledSplit, task: Task = "llp", *, batch_size: int = PREDICT_BATCH_SIZE, precision: Precision = "fp32"
+) -> dict[str, float]:
     """LLP-protocol scores (percent, `uwav.evaluation.SCORE_KEYS`) plus `ave_accuracy` for task 'ave'.
 
     Padded segments are predicted negative (F1 counts no true negatives, so they change nothing);
@@ -151,7 +157,7 @@ def evaluate_han(model: HAN, split: LabelledSplit, task: Task = "llp", *, batch_
     features = split.features
     if task == "ave" and features.lengths is not None:
         raise ValueError("evaluate_han: AVE accuracy needs videos of equal length (the split has padded videos)")
-    segment_prob, video_prob = predict_han(model, features, batch_size=batch_size)
+    segment_prob, video_prob = predict_han(model, features, batch_size=batch_size, precision=precision)
     pred_audio, pred_visual = llp_decisions(segment_prob, video_prob)
     if features.lengths is not None:
         real = ~padding_mask_from_lengths(features.lengths, features.n_segments).numpy()[:, None, :]
@@ -226,23 +232,24 @@ def train_han(
             sums = torch.zeros(4, device=device)
             for batch in batches.shuffled(shuffle):
                 mask = padding_mask_from_lengths(batch["lengths"], data.train.n_segments) if "lengths" in batch else None
-                output = model(batch["audio"], batch["visual2d"], batch["visual3d"], mask)
-                terms = criterion(
-                    output,
-                    batch["video_labels"],
-                    batch.get("soft_labels"),
-                    batch.get("binary_labels"),
-                    classify=model.classify,
-                    padding_mask=mask,
-                    generator=mixup,
-                )
+                with autocast(device, settings.precision):
+                    output = model(batch["audio"], batch["visual2d"], batch["visual3d"], mask)
+                    terms = criterion(
+                        output,
+                        batch["video_labels"],
+                        batch.get("soft_labels"),
+                        batch.get("binary_labels"),
+                        classify=model.classify,
+                        padding_mask=mask,
+                        generator=mixup,
+                    )
                 lr = run.train_step(terms.total)
                 # Summed on the device: no host synchronisation per step.
                 sums += torch.stack([terms.total, terms.video, terms.segment, terms.mixup]).detach()
             means = (sums / len(batches)).tolist()
             train_s = time.perf_counter() - started
             started = time.perf_counter()
-            scores = evaluate_han(model, data.val, task)
+            scores = evaluate_han(model, data.val, task, precision=settings.precision)
             record = {
                 **dict(zip(("loss", "loss_video", "loss_segment", "loss_mixup"), means)),
                 "lr": lr,
@@ -333,7 +340,7 @@ def run_ablation(
             resume=resume,
         )
         split, name = (test, "test") if test is not None else (data.val, "val")
-        scores = evaluate_han(result.model, split, task)
+        scores = evaluate_han(result.model, split, task, precision=settings.precision)
         rows.append({"variant": variant.name, "best_epoch": result.best_epoch, "split": name, **scores})
     return pl.DataFrame(rows)
 

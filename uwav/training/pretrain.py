@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from uwav.catalog import PretrainSettings
+from uwav.catalog import Precision, PretrainSettings
+from uwav.devices import autocast
 from uwav.models.plg import AudioVisualPLG
 from uwav.training.checkpoints import load_checkpoint, load_weights_into
 from uwav.training.data import InMemoryBatches, PretrainData, padding_mask_from_lengths, plg_inputs
@@ -113,8 +114,9 @@ def pretrain_plg(
             total = torch.zeros((), device=device)
             for batch in batches.shuffled(shuffle):
                 visual, audio, labels, mask = trim_to_longest(batch)
-                visual_logits, audio_logits = model(visual, audio, visual_text, audio_text, mask)
-                loss = plg_loss(visual_logits, audio_logits, labels, mask)
+                with autocast(device, settings.precision):
+                    visual_logits, audio_logits = model(visual, audio, visual_text, audio_text, mask)
+                    loss = plg_loss(visual_logits, audio_logits, labels, mask)
                 lr = run.train_step(loss)
                 total += loss.detach()
             record = {"loss": float(total) / len(batches), "lr": lr}
@@ -147,6 +149,7 @@ def predict_plg(
     audio_text: np.ndarray | torch.Tensor,
     *,
     batch_size: int = 256,
+    precision: Precision = "fp32",
 ) -> tuple[np.ndarray, np.ndarray]:
     """(visual_logits, audio_logits), each float32 (N, T, C), on the model's device in eval mode.
 
@@ -161,7 +164,8 @@ def predict_plg(
     t = visual_t.shape[1]
     for batch in batches.in_order():
         mask = padding_mask_from_lengths(batch["lengths"], t)
-        visual_logits, audio_logits = model(batch["visual"], batch["audio"], visual_text_d, audio_text_d, mask)
+        with autocast(device, precision):
+            visual_logits, audio_logits = model(batch["visual"], batch["audio"], visual_text_d, audio_text_d, mask)
         fill = mask[:, :, None]
         outputs.append(
             (
