@@ -127,19 +127,27 @@ class HAN(nn.Module):
         # Feature stores may hold float16; compute in the weights' dtype (autocast still applies on top).
         dtype = self.fc_a.weight.dtype
         audio, visual2d, visual3d = audio.to(dtype), visual2d.to(dtype), visual3d.to(dtype)
-        if visual2d.dim() == 4:  # (B, T, frames, D): the mean commutes with fc_v, so average first
-            visual2d = visual2d.mean(dim=2)
         if not (audio.shape[:2] == visual2d.shape[:2] == visual3d.shape[:2]):
             raise ValueError(
                 f"HAN: inputs disagree on (batch, segments): audio {tuple(audio.shape)}, "
                 f"visual2d {tuple(visual2d.shape)}, visual3d {tuple(visual3d.shape)}"
             )
         a = self.fc_a(audio)
-        v = self.fc_fusion(torch.cat((self.fc_v(visual2d), self.fc_st(visual3d)), dim=-1))
+        v = self.fc_fusion(torch.cat((self.project_visual2d(visual2d), self.fc_st(visual3d)), dim=-1))
         for layer in self.han_layers:
             a = layer(a, v, padding_mask)
             v = layer(v, a, padding_mask)  # the visual update attends to the updated audio
         return torch.stack((a, v), dim=2)
+
+    def project_visual2d(self, visual2d: Tensor) -> Tensor:
+        """`fc_v` of the 2-D visual features (B, T, D) or (B, T, frames, D) -> (B, T, d).
+
+        Frames are averaged before `fc_v`: the mean commutes with a linear map, so this is the
+        reference's `fc_v` per frame followed by the mean, at 1/frames of the cost.
+        """
+        if visual2d.dim() == 4:
+            visual2d = visual2d.mean(dim=2)
+        return self.fc_v(visual2d)
 
     def classify(self, features: Tensor) -> Tensor:
         """Segment logits from segment features (..., d) -> (..., C): the shared classifier `fc_prob`."""
