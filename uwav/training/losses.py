@@ -129,6 +129,14 @@ def sample_mixup_pairing(
     return partner, torch.from_numpy(lam).to(torch.float32)
 
 
+def _to_device(tensor: Tensor, device: torch.device) -> Tensor:
+    """A CPU tensor on `device`. To CUDA through pinned memory without blocking: a plain copy from
+    pageable memory synchronises the stream, so every step would wait for the GPU to drain."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def mix(values: Tensor, partner: Tensor, lam: Tensor) -> Tensor:
     """`lambda_i * values_i + (1 - lambda_i) * values_partner[i]` along the first axis."""
     lam = lam.to(values.device, values.dtype).reshape(-1, *([1] * (values.dim() - 1)))
@@ -307,8 +315,8 @@ class UWAVLoss(nn.Module):
             else:
                 keep = ~padding_mask
                 features, mix_targets = output.features[keep], mix_targets[keep]
-            partner, lam = sample_mixup_pairing(features.shape[0], self.mixup_alpha, generator)
-            partner, lam = partner.to(features.device), lam.to(features.device)
+            pairing = sample_mixup_pairing(features.shape[0], self.mixup_alpha, generator)
+            partner, lam = (_to_device(t, features.device) for t in pairing)
             logits = classify(mix(features, partner, lam))
             mixed = F.binary_cross_entropy_with_logits(
                 logits.float(), mix(mix_targets, partner, lam), reduction="sum"
