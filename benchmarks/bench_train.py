@@ -6,9 +6,10 @@ in the official (80, 2048) per-video layout, R(2+1)D 512-d), random weak labels 
 labels, re-weighting, mixup), optimizer, schedule and clipping:
 
 - ours: `uwav.training.han_train.train_han` (features moved to the device once, ResNet frames
-  averaged at load, batches by indexing a seeded permutation), once per `--precisions` entry;
-  `epoch_s` is the training pass of the last epoch at the first precision (validation and
-  checkpointing are reported separately);
+  averaged at load, batches by indexing a seeded permutation), once per `--runs` entry (a
+  precision, `-compiled` for `compile: true`); `epoch_s` is the training pass of the last epoch
+  of the first run (validation and checkpointing are reported separately; a compiled run's first
+  epoch includes the compilation);
 - naive, reference style (`naive_epoch_s`): what the reference training loops do. The features
   are per-video `.npy` files in the official layout (audio (10, 128), res152 (80, 2048),
   r2plus1d (10, 512)), a `torch.utils.data.Dataset` loads one video's three files per
@@ -24,7 +25,7 @@ machine load during the run affects every side.
 Also measured: `math_epoch_s`, our model math alone at each precision (one pre-built batch on the
 device, repeated for an epoch's number of steps), which bounds what any data path can reach.
 
-    .venv/bin/python benchmarks/bench_train.py [--device cuda] [--videos 10000] [--precisions fp32 bf16]
+    .venv/bin/python benchmarks/bench_train.py [--device cuda] [--videos 10000] [--runs fp32 bf16 bf16-compiled]
 
 The last output line is a JSON object with `epoch_s`, `naive_epoch_s`, `speedup`, `peak_rss_gb`, `device`.
 """
@@ -152,7 +153,9 @@ def synchronize(device: torch.device) -> None:
 def training_step(
     model: HAN, data: HanTrainData, settings: TrainSettings, device: torch.device, steps_per_epoch: int
 ) -> Iterator[Callable[[dict[str, Tensor]], None]]:
-    """One UWAV training step (forward, loss, AdamW with the schedule and clipping) on a batch already on the device."""
+    """One UWAV training step (forward, loss, AdamW with the schedule and clipping) on a batch already on the device.
+
+    The naive loops pass float32, uncompiled settings."""
     torch.manual_seed(settings.seed)
     model = model.to(device).train()
     audio_weights, visual_weights = class_balance_for(data, settings)
@@ -164,9 +167,11 @@ def training_step(
             generators={}, resume=False, keep_epoch_checkpoints=1,
         )  # fmt: skip
 
+        forward = torch.compile(model) if settings.compile else model  # as train_han does
+
         def step(batch: dict[str, Tensor]) -> None:
             with autocast(device, settings.precision):
-                output = model(batch["audio"], batch["visual2d"], batch["visual3d"])
+                output = forward(batch["audio"], batch["visual2d"], batch["visual3d"])
                 terms = criterion(output, batch["video_labels"], batch["soft_labels"], classify=model.classify, generator=mixup)
             run.train_step(terms.total)
 
@@ -194,7 +199,7 @@ def naive_epoch_s(
     data: HanTrainData, settings: TrainSettings, device: torch.device, n_batches: int, official_dir: Path | None
 ) -> dict[str, float]:
     """Seconds per epoch of the naive loops (module docstring), float32: 'reference' (with `official_dir`) and 'in_memory'."""
-    settings = settings.model_copy(update={"precision": "fp32"})
+    settings = settings.model_copy(update={"precision": "fp32", "compile": False})
     labels = {"video_labels": data.video_labels, "soft_labels": data.soft_labels}
     datasets: dict[str, tuple[Dataset, type[HAN]]] = {"in_memory": (InMemoryPerVideo({**data.train.tensors(), **labels}), HAN)}
     if official_dir is not None:
@@ -224,7 +229,8 @@ def main() -> None:
     parser.add_argument("--segments", type=int, default=10)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--epochs", type=int, default=2, help="epochs of our loop per precision; the last one is reported")
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"], help="our loop's precisions; the first gives epoch_s")
+    runs = ["fp32", "bf16", "fp32-compiled", "bf16-compiled"]
+    parser.add_argument("--runs", nargs="+", default=["fp32", "bf16"], choices=runs, help="our loop's runs: precision [-compiled]; the first gives epoch_s")
     parser.add_argument("--naive-batches", type=int, default=20, help="timed batches of each naive loop (extrapolated)")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference-style naive loop (and its 6.6 GB of files)")
     parser.add_argument("--official-dir", type=Path, default=None, help="where to write the official-layout files (default: a temporary folder)")
@@ -250,21 +256,25 @@ def main() -> None:
         print(f"naive (before): {json.dumps({k: round(v, 3) for k, v in naive_runs[0].items()})} s per epoch", flush=True)
 
         ours: dict[str, dict[str, float]] = {}
-        for precision in args.precisions:
-            precise = settings.model_copy(update={"precision": precision})
-            math_s = math_epoch_s(data, precise, device, args.naive_batches, steps)
+        for name in args.runs:
+            precision, _, compiled = name.partition("-")
+            run_settings = settings.model_copy(update={"precision": precision, "compile": bool(compiled)})
+            math_s = math_epoch_s(data, run_settings, device, args.naive_batches, steps)
             epoch_ends: list[float] = []
             started = time.perf_counter()
             result = train_han(
-                data, precise, scratch / f"run_{precision}", progress=False, keep_epoch_checkpoints=1,
+                data, run_settings, scratch / f"run_{name}", progress=False, keep_epoch_checkpoints=1,
                 feature_dtype=getattr(torch, args.feature_dtype), callback=lambda record: epoch_ends.append(time.perf_counter()),
             )  # fmt: skip
-            last = result.history[-1]
+            first, last = result.history[0], result.history[-1]
             with_checkpoint_s = epoch_ends[-1] - (epoch_ends[-2] if len(epoch_ends) > 1 else started)
-            ours[precision] = {"epoch_s": last["train_s"], "math_epoch_s": math_s, "val_s": last["val_s"], "with_val_and_checkpoint_s": with_checkpoint_s}
+            ours[name] = {
+                "epoch_s": last["train_s"], "first_epoch_s": first["train_s"], "math_epoch_s": math_s,
+                "val_s": last["val_s"], "with_val_and_checkpoint_s": with_checkpoint_s,
+            }  # fmt: skip
             print(
-                f"ours ({precision}): train pass {last['train_s']:.3f} s (model math alone {math_s:.3f} s), "
-                f"validation {last['val_s']:.3f} s, with checkpoints {with_checkpoint_s:.3f} s", flush=True,
+                f"ours ({name}): train pass {last['train_s']:.3f} s (first epoch {first['train_s']:.3f} s; model math alone "
+                f"{math_s:.3f} s), validation {last['val_s']:.3f} s, with checkpoints {with_checkpoint_s:.3f} s", flush=True,
             )  # fmt: skip
 
         naive_runs.append(naive_epoch_s(data, settings, device, args.naive_batches, official_dir))
@@ -273,19 +283,19 @@ def main() -> None:
         shutil.rmtree(scratch, ignore_errors=True)
     naive = {name: (naive_runs[0][name] + naive_runs[1][name]) / 2 for name in naive_runs[0]}
     baseline = naive.get("reference", naive["in_memory"])
-    first = ours[args.precisions[0]]
+    first = ours[args.runs[0]]
 
     peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
     report = {
         "epoch_s": round(first["epoch_s"], 4),
         "naive_epoch_s": round(baseline, 4),
         "speedup": round(baseline / first["epoch_s"], 3),
-        "precision": args.precisions[0],
+        "run": args.runs[0],
         "naive_baseline": "reference" if "reference" in naive else "in_memory",
         "naive_in_memory_epoch_s": round(naive["in_memory"], 4),
         "speedup_vs_in_memory_naive": round(naive["in_memory"] / first["epoch_s"], 3),
-        "ours": {p: {k: round(v, 4) for k, v in figures.items()} for p, figures in ours.items()},
-        "speedup_by_precision": {p: round(baseline / figures["epoch_s"], 3) for p, figures in ours.items()},
+        "ours": {name: {k: round(v, 4) for k, v in figures.items()} for name, figures in ours.items()},
+        "speedup_by_run": {name: round(baseline / figures["epoch_s"], 3) for name, figures in ours.items()},
         "peak_rss_gb": round(peak_rss_gb, 3),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
         "videos": args.videos,

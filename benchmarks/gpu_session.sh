@@ -16,8 +16,9 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu_$part.txt"
 case $part in
   train)
-    # Our loop at fp32 and bf16 against the naive loops; 3 epochs so the reported one is warm.
-    python3 benchmarks/bench_train.py --device cuda --epochs 3 --naive-batches 30 2>&1 | tee "$out/bench_train.log"
+    # Our loop at fp32 and bf16, eager and compiled, against the naive loops; 3 epochs so the
+    # reported one is warm.
+    python3 benchmarks/bench_train.py --device cuda --epochs 3 --naive-batches 30 --runs bf16 fp32 bf16-compiled fp32-compiled 2>&1 | tee "$out/bench_train.log"
     tail -n 1 "$out/bench_train.log" > "$out/bench_train.json" ;;
   features)
     python3 -c "import polars" 2>/dev/null || { echo "polars is missing: run 'train' first on this warm machine"; exit 1; }

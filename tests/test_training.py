@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from torch._dynamo.utils import counters
 
 from uwav.catalog import HanSettings, PretrainSettings, TrainSettings
 from uwav.models.plg import AudioVisualPLG
@@ -318,6 +319,23 @@ def test_bf16_precision_autocasts_training_and_prediction(tmp_path: Path) -> Non
     assert np.abs(segment_bf16 - segment_fp32).max() < 0.05
     with pytest.raises(ValueError, match="precision: checkpoint 'bf16', now 'fp32'"):
         train_han(data, han_settings(epochs=2), tmp_path / "bf16", progress=False)
+
+
+def test_compiled_training_matches_eager(tmp_path: Path) -> None:
+    data = han_data(n=32, n_val=8)  # two full batches: one compiled graph
+    settings = han_settings(epochs=2, han=TINY_HAN.model_copy(update={"dropout": 0.0}))  # no dropout: same function, same draws
+    eager = train_han(data, settings, tmp_path / "eager", progress=False)
+    counters.clear()
+    compiled = train_han(data, settings.model_copy(update={"compile": True}), tmp_path / "compiled", progress=False)
+    assert counters["stats"]["unique_graphs"] >= 1, "the training forward was not compiled"
+    # Compare the functions, not every weight: biases that a softmax cancels (fc_frame_att's, the
+    # attention keys') get only rounding noise as gradient, which AdamW scales up to full steps.
+    for trained, again in zip(predict_han(eager.model, data.val.features), predict_han(compiled.model, data.val.features)):
+        np.testing.assert_allclose(again, trained, atol=1e-5)
+    assert [r["loss"] for r in compiled.history] == pytest.approx([r["loss"] for r in eager.history], abs=1e-6)
+    # Checkpoints hold the plain module's parameter names, so `load_han` reads a compiled run's model.
+    assert load_checkpoint(compiled.last_checkpoint).weights.keys() == load_checkpoint(eager.last_checkpoint).weights.keys()
+    assert_same_weights(load_han(compiled.best_checkpoint).state_dict(), compiled.model.state_dict())
 
 
 def test_train_han_learns_and_keeps_the_best_checkpoint(tmp_path: Path) -> None:

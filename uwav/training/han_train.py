@@ -213,6 +213,8 @@ def train_han(
 
     with seeded(settings.seed, device):
         model = HAN(**config).to(device)
+        # Checkpoints and validation use `model` itself; only the training forward runs compiled.
+        forward = torch.compile(model) if settings.compile else model
         shuffle = torch.Generator().manual_seed(settings.seed + 1)
         mixup = torch.Generator().manual_seed(settings.seed + 2)
         run = TrainingRun(
@@ -233,7 +235,7 @@ def train_han(
             for batch in batches.shuffled(shuffle):
                 mask = padding_mask_from_lengths(batch["lengths"], data.train.n_segments) if "lengths" in batch else None
                 with autocast(device, settings.precision):
-                    output = model(batch["audio"], batch["visual2d"], batch["visual3d"], mask)
+                    output = forward(batch["audio"], batch["visual2d"], batch["visual3d"], mask)
                     terms = criterion(
                         output,
                         batch["video_labels"],
