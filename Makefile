@@ -30,7 +30,7 @@ bench: $(STAMP)
 GPU_WHEEL_PLATFORMS := --python-version 3.12 --implementation cp --only-binary=:all: --no-deps \
 	$(foreach n,17 24 27 28 31 34,--platform manylinux_2_$(n)_x86_64) --platform manylinux2014_x86_64
 gpu-wheels: $(STAMP)
-	for part in "train:pydantic pydantic-core annotated-types typing-inspection polars polars-runtime-32" \
+	for part in "train:pydantic pydantic-core annotated-types typing-inspection typing-extensions polars polars-runtime-32" \
 	            "features:av zarr numcodecs donfig google-crc32c soxr open_clip_torch ftfy wcwidth"; do \
 		dir=.whl/$${part%%:*}; mkdir -p $$dir; \
 		pins=$$(for name in $${part#*:}; do echo "$$name==$$($(BIN)/python -m pip show $$name | sed -n 's/^Version: //p')"; done); \

@@ -2,7 +2,7 @@
 # The GPU checks of issue #4 (training) and #3 (features), for a lent CUDA machine whose python3
 # has torch but none of uwav's other dependencies and no network. `make gpu-wheels` (here, with
 # network) saves them as wheels in two parts that each fit one device call's 64 MiB:
-#   .whl/train     pydantic, polars (+ runtime)            -> bash benchmarks/gpu_session.sh train
+#   .whl/train     pydantic, typing-extensions, polars      -> bash benchmarks/gpu_session.sh train
 #   .whl/features  PyAV, zarr, numcodecs, soxr, open_clip  -> bash benchmarks/gpu_session.sh features
 # Run `train` first (carry .whl/train), then `features` (carry .whl/features) on the same warm
 # machine: both install into /tmp/site, and `features` needs what `train` installed. Results are
