@@ -9,6 +9,7 @@ bounded number of times (`orchestration.task_retries` in the catalog).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import TaskRunContext
+from prefect.filesystems import LocalFileSystem
 
 from uwav.catalog import Catalog, load_catalog
 from uwav.stages import (
@@ -44,6 +46,18 @@ TIMELINE_ARTIFACTS = 4
 def _stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     catalog = load_catalog(parameters["catalog_path"])
     return f"uwav-{parameters['stage']}-{compute_fingerprints(catalog)[parameters['stage']]}"
+
+
+def result_storage(catalog: Catalog) -> str:
+    """Where the stage tasks' Prefect results live: beside the stage records in the catalog's runs
+    folder (not ~/.prefect/storage), so a run folder holds everything it needs to resume.
+
+    Prefect wants result storage saved server-side: one LocalFileSystem block per runs folder,
+    named after its path, saved (idempotently) at each flow run; returns its slug."""
+    basepath = str(Path(catalog.store("runs")).resolve() / "prefect-results")
+    name = "uwav-results-" + hashlib.sha256(basepath.encode()).hexdigest()[:16]
+    LocalFileSystem(basepath=basepath).save(name, overwrite=True)
+    return f"local-file-system/{name}"
 
 
 def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -177,7 +191,11 @@ def uwav_flow(
     last = max(STAGES.index(name) for name in requested)
     logger.info("plan: %s", ", ".join(to_run) or "nothing to do")
     records: dict[str, dict[str, Any]] = {}
-    options = {"retries": loaded.orchestration.task_retries, "retry_delay_seconds": loaded.orchestration.retry_delay_s}
+    options = {
+        "retries": loaded.orchestration.task_retries,
+        "retry_delay_seconds": loaded.orchestration.retry_delay_s,
+        "result_storage": result_storage(loaded),
+    }
     with state_dir(loaded).lock():
         for index, stage in enumerate(STAGES[: last + 1]):
             run_it = stage in to_run

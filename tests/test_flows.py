@@ -40,6 +40,9 @@ def test_flow_runs_every_stage_then_is_a_cached_no_op(tmp_path: Path) -> None:
     assert list(summary) == list(STAGES)
     assert set(states.values()) == {"Completed"}, states
     assert current_model(load_catalog(path)) is not None
+    # Prefect's task results live in the catalog's runs folder, one per stage.
+    results = Path(load_catalog(path).store("runs")) / "prefect-results"
+    assert sorted(p.name for p in results.iterdir()) == sorted(f"uwav-{stage}-{fingerprint}" for stage, fingerprint in ((s, summary[s]["fingerprint"]) for s in STAGES))
 
     started = time.perf_counter()
     summary_again, states = run_flow(catalog=str(path))
