@@ -76,7 +76,10 @@ def test_tiny_encoders_build_offline_with_the_feature_shapes(tiny: Encoders, inp
 def test_bf16_precision_autocasts_the_encoders(tiny: Encoders, inputs: dict[str, np.ndarray]) -> None:
     """`precision: bf16` changes the numerics (autocast is on, on CPU too) but not the embedding."""
     bf16 = EncodersConfig(**{name: getattr(TINY, name).model_copy(update={"precision": "bf16"}) for name in ("clip", "clap", "r2plus1d")})
-    reduced = _encode(build_encoders(bf16, "cpu", features=["clip"]), inputs)["clip"]
+    reduced_encoders = build_encoders(bf16, "cpu", features=["clip"])
+    # A store refuses features of another encoder identity: bf16 ones never mix with float32 ones.
+    assert reduced_encoders.clip.identity == "clip/uwav-tiny-clip/random_init=seed0/bf16"
+    reduced = _encode(reduced_encoders, inputs)["clip"]
     full = _encode(tiny, inputs)["clip"]
     assert reduced.dtype == np.float32 and not np.array_equal(reduced, full)
     cosine = (reduced * full).sum(-1) / (np.linalg.norm(reduced, axis=-1) * np.linalg.norm(full, axis=-1))

@@ -145,7 +145,8 @@ def _checkpoint_path(config: EncoderConfig, base_dir: Path | None) -> Path:
 
 
 def _identity(feature: str, config: EncoderConfig, base_dir: Path | None) -> str:
-    """Names the weights: model config + source (tag, checkpoint content hash, or random-init seed)."""
+    """Names the weights: model config + source (tag, checkpoint content hash, or random-init seed),
+    plus `/bf16` for bfloat16 features, so that a store never mixes them with float32 ones."""
     if config.pretrained is not None:
         source = f"pretrained={config.pretrained}"
     elif config.checkpoint is not None:
@@ -155,7 +156,7 @@ def _identity(feature: str, config: EncoderConfig, base_dir: Path | None) -> str
         source = f"checkpoint=sha256:{file_digest(path)}"
     else:
         source = f"random_init=seed{RANDOM_INIT_SEED}"
-    return f"{feature}/{config.name}/{source}"
+    return f"{feature}/{config.name}/{source}" + ("/bf16" if config.precision == "bf16" else "")
 
 
 @contextlib.contextmanager
