@@ -33,8 +33,9 @@ gradient clip 1.0, best checkpoint by validation seg Type@AV): see `QualityConfi
 
 What the soft-label and re-weighting rows show here (measured; no loss bug found; the loss terms
 are tested on hand-computed cases in tests/test_losses.py): on this synthetic benchmark soft labels
-score about 1-2 points below binary ones and re-weighting 0.3-1.7 below soft alone, so those
-two checks fail. It is not the generator's logit scale or the HAN's training length:
+score about 2 points below binary ones and re-weighting about 0.7 below soft alone, so those two
+checks fail (seed-paired differences over seeds 0-3: soft - binary -2.3 +- 0.8, reweight - soft
+-0.7 +- 0.5, mixup - soft +1.3 +- 0.7, all - binary -0.8 +- 0.3). It is not the generator's logit scale or the HAN's training length:
 - width 512 instead of 128 (sharper logits): soft - binary -0.6, reweight - soft -0.6 (24 min);
 - 40 generator epochs instead of 10 (median |z - theta| 2.4-3.2 instead of 1.7-1.9): -1.4, -0.6;
 - 20 HAN epochs instead of 10: -1.2, -1.0.
