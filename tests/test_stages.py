@@ -15,6 +15,7 @@ from uwav.catalog import load_catalog
 from uwav.cli import app
 from uwav.labels import read_pseudo_labels
 from uwav.stages import STAGES, StageError, compute_fingerprints, plan, run_pipeline, stage_status, state_dir
+from uwav.training.checkpoints import load_checkpoint
 
 SIZES = {"mode": "features", "seed": 3, "n_pretrain": 40, "n_train": 60, "n_val": 20, "n_test": 20}
 
@@ -159,6 +160,30 @@ def test_cli_status_and_run(finished_run: Path, tmp_path: Path) -> None:
     assert "evaluate: done" in result.output and "train: done" not in result.output
 
 
+def test_ave_like_target_trains_and_scores_as_ave(tmp_path: Path) -> None:
+    """An AVE-like synthetic target through every stage from the CLI: AVE's recipe (batch 16,
+    ceil of the soft labels as mixup targets), the best checkpoint by validation accuracy, and
+    AVE segment accuracy beside the LLP protocol."""
+    data = small_catalog()
+    for name in ("target", "pre"):
+        data["datasets"][name]["synthetic"] = {**SIZES, "target_layout": "ave"}
+    path = write_catalog(tmp_path, data)
+    result = CliRunner().invoke(app, ["run", "--catalog", str(path), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    state = state_dir(load_catalog(path))
+    scores = json.loads(Path(state.record("evaluate").outputs["metrics"]).read_text())
+    assert 0.0 <= scores["ave_accuracy"] <= 100.0 and "seg_type" in scores
+    train = state.record("train")
+    meta = load_checkpoint(Path(train.outputs["best_checkpoint"]), with_state=False).meta["identity"]
+    assert meta["task"] == "ave"
+    assert (meta["settings"]["batch_size"], meta["settings"]["mixup_targets"]) == (16, "ceil")
+    history = json.loads(Path(train.outputs["history"]).read_text())
+    assert train.metrics["best_val_score"] == max(record["val_ave_accuracy"] for record in history)
+    # One audio-visual event per video: a single class in every weak label.
+    manifest = pl.read_parquet(state.record("segment").outputs["target_manifest"])
+    assert manifest["labels"].list.len().unique().to_list() == [1]
+
+
 def test_new_target_videos_only_rerun_the_target_side(finished_run: Path, tmp_path: Path) -> None:
     """More target videos: features (incremental), calibration onwards rerun; stage 1 stays fresh."""
     path = copy_run(finished_run, tmp_path / "run")
@@ -173,16 +198,21 @@ def test_new_target_videos_only_rerun_the_target_side(finished_run: Path, tmp_pa
     assert states["features"] == "stale" and states["train"] == "stale"
 
 
-def test_synthetic_pretraining_set_does_not_depend_on_target_sizes() -> None:
-    """What lets stage 1 stay fresh above: the generator draws the pre-training part first."""
+def test_synthetic_pretraining_set_does_not_depend_on_the_target_set() -> None:
+    """What lets stage 1 stay fresh above: the generator draws the pre-training part first, so
+    neither the target sizes nor the target layout change it."""
+    from uwav.datasets.synth import AVE_LIKE
     from uwav.datasets.synth_features import make_feature_benchmark
 
     sizes = {"n_pretrain": 12, "n_val": 4, "n_test": 4}
     small = make_feature_benchmark(seed=5, n_train=8, **sizes)
-    large = make_feature_benchmark(seed=5, n_train=16, **sizes)
-    assert small.pretrain.manifest.equals(large.pretrain.manifest)
-    for space in small.pretrain.features:
-        assert (small.pretrain.features[space] == large.pretrain.features[space]).all()
+    for other in (
+        make_feature_benchmark(seed=5, n_train=16, **sizes),
+        make_feature_benchmark(seed=5, n_train=8, target_layout=AVE_LIKE, **sizes),
+    ):
+        assert small.pretrain.manifest.equals(other.pretrain.manifest)
+        for space in small.pretrain.features:
+            assert (small.pretrain.features[space] == other.pretrain.features[space]).all()
 
 
 def test_stage_order_is_enforced(tmp_path: Path) -> None:

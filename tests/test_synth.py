@@ -12,14 +12,18 @@ import av
 import numpy as np
 import polars as pl
 import pytest
+from typer.testing import CliRunner
 
+from uwav.cli import app
 from uwav.contracts import validate_dense, validate_manifest
 from uwav.datasets import read_llp, read_unav100
 from uwav.datasets.synth import (
+    AVE_LIKE,
     LLP_LIKE,
     UNAV_LIKE,
     ClassStatistics,
     derived_rng,
+    event_runs,
     sample_layouts,
     synth_main,
 )
@@ -301,6 +305,35 @@ def test_layouts_follow_their_configuration() -> None:
     assert long.audio_visual.any(axis=(1, 2)).all()  # require_audio_visual
     beyond = np.arange(60)[None, :] >= long.n_segments[:, None]
     assert not long.audio[beyond].any() and not long.visual[beyond].any()
+
+
+def test_ave_like_layouts_have_one_audio_visual_event_per_video() -> None:
+    stats = ClassStatistics.draw(0, "t", TARGET_CLASSES, AVE_LIKE)
+    layouts = sample_layouts(0, "t", "train", 4000, stats, AVE_LIKE)
+    assert (layouts.weak_labels().sum(1) == 1).all()
+    assert np.array_equal(layouts.audio, layouts.visual)  # every event is audio-visual
+    video, _, onset, offset = event_runs(layouts.audio)
+    assert np.array_equal(video, np.arange(4000))  # exactly one event per video
+    assert ((offset - onset) == 10).mean() == pytest.approx(AVE_LIKE.full_length[0], abs=0.03)
+    assert (np.bincount(layouts.weak_labels().argmax(1), minlength=len(TARGET_CLASSES)) > 80).all()
+
+
+def test_synth_cli_writes_an_ave_like_media_set(tmp_path: Path) -> None:
+    sizes = ["--n-pretrain", "2", "--n-train", "4", "--n-val", "2", "--n-test", "2"]
+    out = tmp_path / "ave"
+    result = CliRunner().invoke(app, ["synth", "--out", str(out), "--target-layout", "ave", *sizes])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "synth_media.json").read_text())["target_layout"]["classes_per_video"] == [1.0]
+    weak = read_tsv(out / "llp_like" / "AVVP_dataset_full.csv")
+    assert weak.height == 8 and not weak["event_labels"].str.contains(",").any()
+    classes = json.loads((out / "llp_like" / "classes.json").read_text())
+    truth = truth_arrays(out / "llp_like", classes, dict.fromkeys(weak["filename"], 10))
+    for filename in weak["filename"]:
+        assert np.array_equal(truth["audio"][filename], truth["visual"][filename]) and truth["audio"][filename].any()
+    refused = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "x"), "--target-layout", "unav"])
+    assert refused.exit_code == 2 and "--target-layout" in refused.output
+    with pytest.raises(ValueError, match="layouts-from"):
+        synth_main("features", tmp_path / "y", layouts_from=tmp_path, target_layout="ave")
 
 
 # ---------------------------------------------------------------- feature mode

@@ -22,6 +22,9 @@ Device = Literal["auto", "cpu", "cuda"]
 # 1.8x faster on GPUs and on CPUs with AVX512-BF16 or AMX, slower on CPUs without; numerics differ
 # from the reference's float32, so "fp32" is the default.
 Precision = Literal["fp32", "bf16"]
+# How a target dataset is trained and scored: "llp" (the LLP protocol) or "ave" (AVE's recipe and
+# segment accuracy besides). A synthetic target set's events are laid out like the task's data.
+Task = Literal["llp", "ave"]
 PositiveInt = Annotated[int, Field(gt=0)]
 UnitFloat = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -51,6 +54,7 @@ class SyntheticSpec(_Strict):
     n_train: PositiveInt = 40
     n_val: PositiveInt = 12
     n_test: PositiveInt = 12
+    target_layout: Task = "llp"
 
 
 class DatasetConfig(_Strict):
@@ -68,6 +72,13 @@ class DatasetConfig(_Strict):
     classes: list[str] | None = None
     role: Literal["target", "pretrain"] = "target"
     synthetic: SyntheticSpec | None = None
+
+    @property
+    def task(self) -> Task:
+        """"ave" for AVE and AVE-like synthetic data, "llp" otherwise."""
+        if self.kind == "ave" or (self.synthetic is not None and self.synthetic.target_layout == "ave"):
+            return "ave"
+        return "llp"
 
     @model_validator(mode="after")
     def _kind_specific(self) -> DatasetConfig:

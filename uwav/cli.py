@@ -92,6 +92,7 @@ def synth(
     n_val: int | None = None,
     n_test: int | None = None,
     layouts_from: Annotated[Path | None, typer.Option(help="Real LLP dense-label file to draw event layouts from (features mode).")] = None,
+    target_layout: Annotated[str, typer.Option(help="llp (LLP-like events) or ave (one audio-visual event per video).")] = "llp",
 ) -> None:
     """Write the synthetic audio-visual benchmark (deterministic by seed)."""
     from uwav.datasets.synth import synth_main
@@ -99,8 +100,19 @@ def synth(
     if mode not in ("media", "features"):
         typer.echo(f"error: --mode must be 'media' or 'features', got {mode!r}", err=True)
         raise typer.Exit(2)
+    if target_layout not in ("llp", "ave"):
+        typer.echo(f"error: --target-layout must be 'llp' or 'ave', got {target_layout!r}", err=True)
+        raise typer.Exit(2)
     written = synth_main(
-        mode, out, seed, n_pretrain=n_pretrain, n_train=n_train, n_val=n_val, n_test=n_test, layouts_from=layouts_from  # type: ignore[arg-type]
+        mode,  # type: ignore[arg-type]
+        out,
+        seed,
+        n_pretrain=n_pretrain,
+        n_train=n_train,
+        n_val=n_val,
+        n_test=n_test,
+        layouts_from=layouts_from,
+        target_layout=target_layout,  # type: ignore[arg-type]
     )
     typer.echo(f"synthetic {mode} benchmark written to {written}")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from uwav.caching import StageRecord, StateDir, code_fingerprint, file_fingerprint, fingerprint, stable_json, text_fingerprint
-from uwav.catalog import Catalog
+from uwav.catalog import Catalog, Task
 from uwav.contracts import text_embedding_name
 
 log = logging.getLogger(__name__)
@@ -71,9 +71,9 @@ def _dataset_identity(catalog: Catalog, name: str) -> dict[str, Any]:
     identity: dict[str, Any] = {"name": name, "config": config.model_dump(mode="json")}
     if config.kind == "synthetic":
         # Generated deterministically from its spec; the pre-training part does not depend on
-        # the target part's sizes (ids are drawn for it first), so those stay out of its identity.
+        # the target part's sizes or layout (ids are drawn for it first), so those stay out of its identity.
         if config.role == "pretrain":
-            for key in ("n_train", "n_val", "n_test"):
+            for key in ("n_train", "n_val", "n_test", "target_layout"):
                 identity["config"]["synthetic"].pop(key)
         return identity
     annotations = Path(catalog.resolve(config.annotations) or "")
@@ -733,8 +733,8 @@ def _labelled_split(catalog: Catalog, store: Any, tables: Any, split_name: str) 
     return split, LabelledSplit.from_arrays(features, truth["audio"], truth["visual"])
 
 
-def _task(catalog: Catalog) -> str:
-    return "ave" if catalog.dataset(catalog.target).kind == "ave" else "llp"
+def _task(catalog: Catalog) -> Task:
+    return catalog.dataset(catalog.target).task
 
 
 @dataclass(frozen=True)
@@ -784,7 +784,7 @@ def train(catalog: Catalog, out_dir: Path, progress: bool) -> StageOutput:
     from uwav.training.han_train import train_han
 
     inputs = _han_train_data(catalog)
-    result = train_han(inputs.data, _train_settings(catalog), out_dir, task=_task(catalog), progress=progress)  # type: ignore[arg-type]
+    result = train_han(inputs.data, _train_settings(catalog), out_dir, task=_task(catalog), progress=progress)
     (out_dir / "history.json").write_text(json.dumps(result.history, indent=1))
     return StageOutput(
         {"best_checkpoint": str(result.best_checkpoint), "history": str(out_dir / "history.json")},
@@ -804,7 +804,7 @@ def run_ablation_grid(catalog: Catalog, *, progress: bool = True) -> Any:
     _, test = _labelled_split(catalog, _open_store(catalog), inputs.tables, catalog.stages.evaluate.split)
     run_dir = state_dir(catalog).stage_dir("ablation", compute_fingerprints(catalog)["train"])
     table = run_ablation(
-        inputs.data, _train_settings(catalog), run_dir, test=test, task=_task(catalog), progress=progress  # type: ignore[arg-type]
+        inputs.data, _train_settings(catalog), run_dir, test=test, task=_task(catalog), progress=progress
     )
     table.write_parquet(run_dir / "ablation.parquet")
     return table

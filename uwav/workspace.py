@@ -60,6 +60,7 @@ def ensure_synthetic(catalog: Catalog, config: DatasetConfig) -> Path:
         n_train=config.synthetic.n_train,
         n_val=config.synthetic.n_val,
         n_test=config.synthetic.n_test,
+        target_layout=config.synthetic.target_layout,
     )
     marker.write_text(json.dumps(spec))
     return root

@@ -23,6 +23,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
+from uwav.catalog import Task
 from uwav.contracts import DENSE_SCHEMA, MODALITIES, validate_dense
 
 # YouTube-style ids: 11 characters of [A-Za-z0-9_-]. Generated ids never start with '-' so that
@@ -111,6 +112,19 @@ UNAV_LIKE = LayoutConfig(
     second_event=0.4,
     require_audio_visual=True,
 )
+# AVE-like: one audio-visual event per 10-s clip, the same timeline in both modalities, background
+# elsewhere (AVE's Annotations.txt: 66% of events span the whole clip, classes nearly balanced).
+# One class per video and `require_audio_visual` make every event audio-visual whatever its drawn
+# modality type: a video without an audio-visual segment gets its audio timeline in both.
+AVE_LIKE = LayoutConfig(
+    classes_per_video=(1.0,),
+    class_zipf=0.3,
+    same_timeline=1.0,
+    full_length=(0.66, 0.66),
+    second_event=0.0,
+    require_audio_visual=True,
+)
+TARGET_LAYOUTS: dict[Task, LayoutConfig] = {"llp": LLP_LIKE, "ave": AVE_LIKE}
 
 
 @dataclass(frozen=True)
@@ -280,12 +294,17 @@ def synth_main(
     n_test: int | None = None,
     workers: int | None = None,
     layouts_from: Path | None = None,
+    target_layout: Task = "llp",
 ) -> Path:
     """`uwav synth`: write a synthetic benchmark to `out`; sizes left as None take the mode's defaults.
 
-    Returns the folder written. Each mode imports its generator here, so that the feature mode
-    never loads PyAV.
+    target_layout: how the target set's events are laid out (`TARGET_LAYOUTS`). Returns the folder
+    written. Each mode imports its generator here, so that the feature mode never loads PyAV.
     """
+    if target_layout not in TARGET_LAYOUTS:
+        raise ValueError(f"unknown target layout {target_layout!r}: expected one of {sorted(TARGET_LAYOUTS)}")
+    if layouts_from is not None and target_layout != "llp":
+        raise ValueError("--layouts-from draws LLP layouts from real labels; it cannot be combined with another target layout")
     sizes = {
         name: value
         for name, value in (("n_pretrain", n_pretrain), ("n_train", n_train), ("n_val", n_val), ("n_test", n_test))
@@ -296,11 +315,15 @@ def synth_main(
             raise ValueError("--layouts-from is only used by --mode features")
         from uwav.datasets.synth_media import write_media_benchmark
 
-        return write_media_benchmark(out, seed=seed, workers=workers, **sizes).root
+        return write_media_benchmark(
+            out, seed=seed, workers=workers, target_layout=TARGET_LAYOUTS[target_layout], **sizes
+        ).root
     if mode == "features":
         from uwav.datasets.synth_features import make_feature_benchmark
 
-        benchmark = make_feature_benchmark(seed=seed, layouts_from=layouts_from, workers=workers, **sizes)
+        benchmark = make_feature_benchmark(
+            seed=seed, layouts_from=layouts_from, workers=workers, target_layout=TARGET_LAYOUTS[target_layout], **sizes
+        )
         benchmark.save(out)
         return out
     raise ValueError(f"unknown synth mode {mode!r}: expected 'media' or 'features'")

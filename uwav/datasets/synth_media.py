@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -39,6 +39,7 @@ from uwav.datasets.synth import (
     LLP_LIKE,
     UNAV_LIKE,
     ClassStatistics,
+    LayoutConfig,
     Layouts,
     dense_table,
     derived_rng,
@@ -539,17 +540,18 @@ def _pretrain_set(
 
 
 def _target_set(
-    media: Path, seed: int, sizes: dict[str, int], taken: set[str]
+    media: Path, seed: int, sizes: dict[str, int], taken: set[str], layout: LayoutConfig
 ) -> tuple[list[_VideoJob], dict[str, pl.DataFrame]]:
-    """The LLP-like clips: LLP's CSV tables, the truth of every clip, and one render job per clip."""
-    stats = ClassStatistics.draw(seed, "media-llp", TARGET_CLASSES, LLP_LIKE)
+    """The target clips in LLP's format (CSV tables, the truth of every clip) with events laid out
+    by `layout`, and one render job per clip."""
+    stats = ClassStatistics.draw(seed, "media-llp", TARGET_CLASSES, layout)
     rng = derived_rng(seed, "media-llp", "ids")
     weak: dict[str, pl.DataFrame] = {}
     truth: dict[str, dict[str, pl.DataFrame]] = {}
     jobs: list[_VideoJob] = []
     for split, n in sizes.items():
         # Every class occurs in the training clips, however few there are.
-        layouts = sample_layouts(seed, "media-llp", split, n, stats, LLP_LIKE, cover_classes=split == "train")
+        layouts = sample_layouts(seed, "media-llp", split, n, stats, layout, cover_classes=split == "train")
         ids = draw_video_ids(rng, n, taken)
         starts = 10 * rng.integers(0, 30, size=n)  # LLP clips are 10-s windows of longer videos
         filenames = [f"{v}_{s}_{s + 10}" for v, s in zip(ids, starts, strict=True)]
@@ -593,8 +595,10 @@ def write_media_benchmark(
     audio_rate: int = 16000,
     noise: NoiseSettings = NoiseSettings(),
     workers: int | None = None,
+    target_layout: LayoutConfig = LLP_LIKE,
 ) -> SynthMediaPaths:
-    """Write the UnAV-like pre-training set and the LLP-like target set under `out_dir`.
+    """Write the UnAV-like pre-training set and the target set (LLP's format, events laid out by
+    `target_layout`: LLP-like by default) under `out_dir`.
 
     Deterministic by seed: the same arguments give byte-identical files whatever `workers` is
     (default: the CPU count, at most 8). `pretrain_seconds` is the inclusive range of pre-training
@@ -623,7 +627,7 @@ def write_media_benchmark(
     taken: set[str] = set()  # ids are unique across both sets
     pretrain_jobs, unav, unav_tables = _pretrain_set(paths.unav_media, seed, n_pretrain, pretrain_seconds, fps, taken)
     sizes = {"train": n_train, "val": n_val, "test": n_test}
-    target_jobs, llp_tables = _target_set(paths.llp_media, seed, sizes, taken)
+    target_jobs, llp_tables = _target_set(paths.llp_media, seed, sizes, taken, target_layout)
     workers = workers or min(8, os.cpu_count() or 1)
     # Threads suffice: numpy and libav release the GIL for the heavy parts.
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -645,6 +649,7 @@ def write_media_benchmark(
         "fps": fps,
         "audio_rate": audio_rate,
         "noise": noise.__dict__,
+        "target_layout": asdict(target_layout),
     }
     _write_json(out_dir / "synth_media.json", settings)
     return paths

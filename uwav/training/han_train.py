@@ -18,13 +18,13 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import polars as pl
 import torch
 
-from uwav.catalog import Precision, TrainSettings
+from uwav.catalog import Precision, Task, TrainSettings
 from uwav.devices import autocast
 from uwav.evaluation import ave_accuracy, avvp_scores, decide
 from uwav.models.han import AUDIO, HAN, VISUAL
@@ -42,7 +42,6 @@ from uwav.training.loops import (
 from uwav.training.losses import ClassBalanceWeights, UWAVLoss, class_balance_weights
 
 STAGE = "han"
-Task = Literal["llp", "ave"]
 # What AVE training changes with respect to LLP (METHOD.md): batch 16, ceil of the soft labels as mixup targets.
 AVE_OVERRIDES: dict[str, Any] = {"batch_size": 16, "mixup_targets": "ceil"}
 PREDICT_BATCH_SIZE = 256
