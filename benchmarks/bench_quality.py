@@ -47,7 +47,12 @@ F1 favours deciding below a calibrated 0.5, and the binary labels carry the F1-o
 threshold itself. Re-weighting with the binary-pseudo-label mask instead of the printed video-label mask
 is worse still (65.0 against soft's ~68).
 
+AVE (`--task ave`): AVE-like target layouts (one audio-visual event per clip), AVE's recipe (batch
+16, ceil of the soft labels as mixup targets), AVE accuracy per variant beside the LLP protocol,
+and the check uwav_vs_han_ave_accuracy (the paper: HAN 75.3, UWAV 80.6).
+
     .venv/bin/python benchmarks/bench_quality.py            # full run: 2 seeds in 2 processes
+    .venv/bin/python benchmarks/bench_quality.py --task ave --n-train 3339 --n-val 402 --n-test 402
 """
 
 from __future__ import annotations
@@ -69,13 +74,14 @@ import numpy as np
 import polars as pl
 import torch
 
-from uwav.catalog import HanSettings, PretrainSettings, TrainSettings
+from uwav.catalog import HanSettings, PretrainSettings, Task, TrainSettings
+from uwav.datasets.synth import TARGET_LAYOUTS
 from uwav.datasets.synth_features import FeatureDifficulty, SyntheticFeatureBenchmark, make_feature_benchmark
 from uwav.evaluation import dense_to_arrays, pseudo_label_quality
 from uwav.labels import ThresholdSet, calibrate_thresholds
 from uwav.models.plg import AudioVisualPLG
 from uwav.training.data import HanFeatures, HanTrainData, LabelledSplit, PretrainData
-from uwav.training.han_train import ABLATION_VARIANTS, format_ablation, run_ablation
+from uwav.training.han_train import ABLATION_COLUMNS, ABLATION_VARIANTS, ave_settings, format_ablation, run_ablation
 from uwav.training.losses import binary_pseudo_labels, soft_pseudo_labels
 from uwav.training.pretrain import predict_plg, pretrain_plg
 
@@ -98,6 +104,7 @@ class QualityConfig:
     """Sizes and settings of one run (the defaults are the benchmark's; `--help` says what each is)."""
 
     seeds: tuple[int, ...] = (0, 1)
+    task: Task = "llp"
     llp_dir: Path | None = DEFAULT_LLP_DIR
     n_train: int = 3000
     n_val: int = 649
@@ -135,7 +142,8 @@ class QualityConfig:
         )
 
     def han_settings(self, seed: int) -> TrainSettings:
-        return TrainSettings(
+        """The scaled-down recipe; for AVE with AVE's changes (batch 16, ceil mixup targets)."""
+        settings = TrainSettings(
             han=HanSettings(d_model=self.han_d_model, ffn=2 * self.han_d_model),  # METHOD: FFN = 2 x d
             epochs=self.han_epochs,
             warmup_epochs=self.han_warmup,
@@ -145,10 +153,12 @@ class QualityConfig:
             seed=seed,
             device="cpu",
         )
+        return ave_settings(settings) if self.task == "ave" else settings
 
     def layouts_from(self) -> Path | None:
-        """The real LLP folder when it holds both dense-label files, else None (synthetic layouts)."""
-        if self.llp_dir is None:
+        """The real LLP folder when it holds both dense-label files and the task is LLP, else None
+        (synthetic layouts of the task)."""
+        if self.llp_dir is None or self.task != "llp":
             return None
         found = all((self.llp_dir / name).is_file() for name in ("AVVP_eval_audio.csv", "AVVP_eval_visual.csv"))
         return self.llp_dir if found else None
@@ -290,6 +300,7 @@ def run_seed(config: QualityConfig, seed: int, work: Path) -> dict[str, Any]:
         n_pretrain=config.n_pretrain,
         dims={"clip": config.dim, "clap": config.dim, "r2plus1d": config.dim},
         layouts_from=config.layouts_from(),
+        target_layout=TARGET_LAYOUTS[config.task],
         difficulty=config.difficulty,
     )
     splits = {name: target_split(bench, name) for name in ("train", "val", "test")}
@@ -316,7 +327,7 @@ def run_seed(config: QualityConfig, seed: int, work: Path) -> dict[str, Any]:
     variants = [v for v in ABLATION_VARIANTS if v.name in config.variants]
     table = run_ablation(
         data, config.han_settings(seed), work / f"seed{seed}", variants=variants, test=splits["test"].labelled(),
-        progress=False, resume=False,
+        task=config.task, progress=False, resume=False,
     )  # fmt: skip
     timings["han_s"] = time.perf_counter() - started
     return {
@@ -374,6 +385,7 @@ def run_quality(
     2-core machine two single-threaded seeds use both cores better than one seed on two threads.
     """
     wall_start, cpu_start = time.perf_counter(), _cpu_s()
+    columns = (*ABLATION_COLUMNS, "ave_accuracy") if config.task == "ave" else ABLATION_COLUMNS
     with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:
         work = Path(work_dir or tmp)
         if jobs > 1:
@@ -389,7 +401,7 @@ def run_quality(
             timings = ", ".join(f"{k} {v:.0f}" for k, v in result["timings"].items())
             print(f"\n=== seed {result['seed']}; timings (s): {timings}")
             print(quality_table(result["pseudo_label_quality"]))
-            print(format_ablation(result["table"]), flush=True)
+            print(format_ablation(result["table"], columns), flush=True)
 
     table = mean_table([r["table"] for r in results])
     quality = {
@@ -399,7 +411,7 @@ def run_quality(
     if verbose:
         print(f"\n=== mean over seeds {list(config.seeds)}")
         print(quality_table(quality))
-        print(format_ablation(table), flush=True)
+        print(format_ablation(table, columns), flush=True)
 
     seg_type = {VARIANT_KEYS[row["variant"]]: row["seg_type"] for row in table.iter_rows(named=True)}
 
@@ -410,7 +422,15 @@ def run_quality(
         }
 
     layouts = config.layouts_from()
+    found_checks = checks(seg_type, quality["temporal"]["seg_type"], quality["per_segment"]["seg_type"], config.tolerance)
+    ave: dict[str, Any] = {}
+    if config.task == "ave":
+        accuracy = {VARIANT_KEYS[row["variant"]]: row["ave_accuracy"] for row in table.iter_rows(named=True)}
+        ave = {"ave_accuracy": accuracy, "ave_accuracy_per_seed": per_seed("ave_accuracy")}
+        if {"all", "han_baseline"} <= accuracy.keys():
+            found_checks["uwav_vs_han_ave_accuracy"] = accuracy["all"] > accuracy["han_baseline"]
     return {
+        "task": config.task,
         "han_baseline_seg_type": seg_type.get("han_baseline"),
         "uwav_seg_type": seg_type.get("all"),
         "ablation": {k: v for k, v in seg_type.items() if k != "han_baseline"},
@@ -426,10 +446,11 @@ def run_quality(
             VARIANT_KEYS[row["variant"]]: {k: v for k, v in row.items() if k not in ("variant", "split")}
             for row in table.iter_rows(named=True)
         },
-        "checks": checks(seg_type, quality["temporal"]["seg_type"], quality["per_segment"]["seg_type"], config.tolerance),
+        **ave,
+        "checks": found_checks,
         "tolerance": config.tolerance,
         "seeds": list(config.seeds),
-        "layouts": f"resampled from the real LLP dense labels in {layouts}" if layouts else "synthetic LLP-like",
+        "layouts": f"resampled from the real LLP dense labels in {layouts}" if layouts else f"synthetic {config.task.upper()}-like",
         "wall_s": round(time.perf_counter() - wall_start, 1),
         "cpu_s": round(cpu_s, 1),
         "jobs": jobs,
@@ -468,6 +489,8 @@ def main() -> None:
     defaults = QualityConfig()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds))
+    parser.add_argument("--task", choices=sorted(TARGET_LAYOUTS), default=defaults.task,
+                        help="ave: AVE-like target layouts, AVE's training recipe, AVE accuracy reported")  # fmt: skip
     parser.add_argument("--llp-dir", type=Path, default=defaults.llp_dir, help="real LLP dense labels for the layouts")
     parser.add_argument("--synthetic-layouts", action="store_true", help="ignore --llp-dir: LLP-like synthetic layouts")
     for name in ("n_train", "n_val", "n_test", "n_pretrain", "dim", "plg_layers", "plg_heads", "plg_epochs",

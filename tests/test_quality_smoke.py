@@ -40,13 +40,13 @@ def bench() -> ModuleType:
     return load_bench()
 
 
-@pytest.fixture(scope="module")
-def summary(bench: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def toy_summary(bench: ModuleType, work: Path, task: str) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: one thread is faster and immune to spin-waits on a busy machine
     try:
         config = bench.QualityConfig(
             seeds=(0,),
+            task=task,
             llp_dir=None,
             n_train=400,
             n_val=150,
@@ -66,9 +66,14 @@ def summary(bench: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> dict
             han_lr=3e-3,
             variants=("HAN (video loss only)", "soft + reweight + mixup (UWAV)"),
         )
-        return bench.run_quality(config, tmp_path_factory.mktemp("quality"), verbose=False)
+        return bench.run_quality(config, work, verbose=False)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def summary(bench: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return toy_summary(bench, tmp_path_factory.mktemp("quality"), "llp")
 
 
 def test_summary_has_the_issue_keys_and_is_json(summary: dict) -> None:
@@ -91,6 +96,18 @@ def test_pseudo_labels_beat_the_broadcast_weak_labels(summary: dict) -> None:
 
 def test_han_learns_from_the_pseudo_labels(summary: dict) -> None:
     assert summary["uwav_seg_type"] > summary["han_baseline_seg_type"] + 5, summary["ablation_per_seed"]
+
+
+def test_ave_task_trains_with_ave_recipe_and_reports_accuracy(bench: ModuleType, tmp_path: Path) -> None:
+    """AVE-like layouts, AVE's recipe (ceil mixup targets), and AVE accuracy per variant: UWAV's
+    pseudo-labels beat the video labels alone there too."""
+    summary = toy_summary(bench, tmp_path, "ave")
+    assert summary["task"] == "ave" and summary["layouts"] == "synthetic AVE-like"
+    assert summary["settings"]["han"]["mixup_targets"] == "ceil"  # ave_settings applied
+    accuracy = summary["ave_accuracy"]
+    assert set(accuracy) == {"han_baseline", "all"} and all(0 <= v <= 100 for v in accuracy.values())
+    assert summary["checks"]["uwav_vs_han_ave_accuracy"], accuracy
+    json.loads(json.dumps(summary))
 
 
 def test_single_segment_videos_keep_real_segments_in_order(bench: ModuleType) -> None:
