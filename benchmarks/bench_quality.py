@@ -95,6 +95,7 @@ MODALITY_KEYS = ("audio", "visual")  # the modality axis order of HAN outputs an
 # Ablation variant names (uwav.training.han_train.ABLATION_VARIANTS) -> short keys of the JSON line.
 VARIANT_KEYS = {
     "HAN (video loss only)": "han_baseline",
+    "HAN (guided learning)": "han_guided",
     "binary": "binary",
     "soft": "soft",
     "soft + reweight": "soft_reweight",
@@ -438,7 +439,8 @@ def run_quality(
         "task": config.task,
         "han_baseline_seg_type": seg_type.get("han_baseline"),
         "uwav_seg_type": seg_type.get("all"),
-        "ablation": {k: v for k, v in seg_type.items() if k != "han_baseline"},
+        "han_guided_seg_type": seg_type.get("han_guided"),
+        "ablation": {k: v for k, v in seg_type.items() if k not in ("han_baseline", "han_guided")},
         "ablation_per_seed": per_seed("seg_type"),
         "best_epoch_per_seed": per_seed("best_epoch"),
         "pseudo_label_seg_type": quality["temporal"]["seg_type"],
@@ -506,6 +508,8 @@ def main() -> None:
     for name in ("confusion", "noise", "text_alignment"):
         default = getattr(defaults.difficulty, name)
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=default, help="FeatureDifficulty knob")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANT_KEYS.values()), default=None,
+                        help="ablation rows to train (default: all)")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=2, help="seeds run in parallel worker processes (one torch thread each)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads when --jobs 1 (default: torch's)")
     parser.add_argument("--work-dir", type=Path, default=None, help="checkpoints (default: a temporary folder)")
@@ -515,6 +519,8 @@ def main() -> None:
     fields = {f.name for f in dataclasses.fields(QualityConfig)}
     values = {k: v for k, v in vars(args).items() if k in fields}
     values["seeds"] = tuple(args.seeds)
+    if args.variants:
+        values["variants"] = tuple(name for name, key in VARIANT_KEYS.items() if key in args.variants)
     values["llp_dir"] = None if args.synthetic_layouts else args.llp_dir
     values["difficulty"] = dataclasses.replace(
         defaults.difficulty, confusion=args.confusion, noise=args.noise, text_alignment=args.text_alignment

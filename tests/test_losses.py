@@ -16,6 +16,7 @@ from uwav.training.losses import (
     UWAVLoss,
     binary_pseudo_labels,
     class_balance_weights,
+    guided_video_loss,
     mix,
     plg_loss,
     sample_mixup_pairing,
@@ -93,12 +94,16 @@ def test_mixup_pairing_is_a_seeded_permutation_with_beta_lambda() -> None:
 # ---------------------------------------------------------------- the 1-video, 2-segment, 2-class example
 
 
-def example_output(logits: Tensor, features: Tensor | None = None, video_prob: Tensor | None = None) -> HANOutput:
+def example_output(
+    logits: Tensor, features: Tensor | None = None, video_prob: Tensor | None = None, modality_prob: Tensor | None = None
+) -> HANOutput:
+    batch, classes = logits.shape[0], logits.shape[-1]
     return HANOutput(
-        video_prob=video_prob if video_prob is not None else torch.full((logits.shape[0], logits.shape[-1]), 0.5),
+        video_prob=video_prob if video_prob is not None else torch.full((batch, classes), 0.5),
         segment_prob=torch.sigmoid(logits),
         segment_logits=logits,
         features=features if features is not None else torch.zeros(*logits.shape[:3], 4),
+        modality_prob=modality_prob if modality_prob is not None else torch.full((batch, 2, classes), 0.5),
     )
 
 
@@ -178,6 +183,25 @@ def test_han_baseline_is_the_video_loss_only() -> None:
     assert terms.segment.item() == 0 and terms.mixup.item() == 0
 
 
+def test_guided_learning_by_hand() -> None:
+    """The reference HAN's loss: BCE(P, y) + BCE(P_a, y) + BCE(P_v, 0.9 y + 0.05), each a mean over classes."""
+    video, audio, visual = [0.8, 0.1], [0.6, 0.2], [0.7, 0.4]
+    y = [1.0, 0.0]
+    expected = sum(
+        (bce(p[0], t[0]) + bce(p[1], t[1])) / 2
+        for p, t in ((video, y), (audio, y), (visual, [0.95, 0.05]))
+    )  # fmt: skip
+    modality = torch.tensor([[audio, visual]])
+    value = guided_video_loss(torch.tensor([video]), modality, EX_VIDEO)
+    assert value.item() == pytest.approx(expected, rel=1e-6)
+    out = example_output(EX_LOGITS, video_prob=torch.tensor([video]), modality_prob=modality)
+    terms = UWAVLoss(segment_loss=False, mixup=False, guided_learning=True)(out, EX_VIDEO)
+    assert terms.video.item() == terms.total.item() == pytest.approx(expected, rel=1e-6)
+    assert UWAVLoss(segment_loss=False, mixup=False)(out, EX_VIDEO).total.item() == pytest.approx(
+        (bce(0.8, 1.0) + bce(0.1, 0.0)) / 2, rel=1e-6
+    )
+
+
 @pytest.mark.parametrize("targets", ["soft", "ceil"])
 def test_mixup_term_by_hand(targets: str) -> None:
     features = torch.randn(1, 2, 2, 4)
@@ -244,8 +268,9 @@ def test_switch_validation() -> None:
 
 def test_from_settings_follows_the_catalog_switches() -> None:
     loss = UWAVLoss.from_settings(TrainSettings(labels="binary", reweight=False, mixup_targets="ceil"))
-    switches = (loss.labels, loss.reweight, loss.mixup, loss.mixup_alpha, loss.mixup_targets)
-    assert switches == ("binary", False, True, 1.7, "ceil")
+    switches = (loss.labels, loss.reweight, loss.mixup, loss.mixup_alpha, loss.mixup_targets, loss.guided_learning)
+    assert switches == ("binary", False, True, 1.7, "ceil", False)
+    assert UWAVLoss.from_settings(TrainSettings(reweight=False, guided_learning=True)).guided_learning
     assert loss.needs_binary_labels and not loss.needs_soft_labels
 
 

@@ -52,7 +52,7 @@ def han_layer_equations(x: Tensor, other: Tensor, layer: HANLayer) -> Tensor:
     return layer_norm(x + linear(torch.relu(linear(x, layer.linear1)), layer.linear2), layer.norm2)
 
 
-def han_equations(model: HAN, audio: Tensor, frames: Tensor, visual3d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def han_equations(model: HAN, audio: Tensor, frames: Tensor, visual3d: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """METHOD.md's HAN; `frames` (B, T, 8, Dv) go through fc_v one by one, then are averaged (reference order)."""
     a = linear(audio, model.fc_a)
     v2d = linear(frames, model.fc_v).mean(dim=2)
@@ -65,7 +65,8 @@ def han_equations(model: HAN, audio: Tensor, frames: Tensor, visual3d: Tensor) -
     w_time = torch.softmax(linear(x, model.fc_frame_att), dim=1)
     w_mod = torch.softmax(linear(x, model.fc_av_att), dim=2)
     video = (w_time * w_mod * p).sum(dim=(1, 2))
-    return video, p, x
+    modality = (w_time * p).sum(dim=1)  # the reference's a_prob, v_prob
+    return video, p, x, modality
 
 
 def plg_equations(x: Tensor, text: Tensor, plg: TemporalPseudoLabelGenerator, padding: Tensor | None) -> Tensor:
@@ -95,8 +96,9 @@ def test_han_forward_matches_method_equations(layers: int, grad_enabled: bool) -
     audio, frames, visual3d = han_inputs()
     with torch.set_grad_enabled(grad_enabled):
         out = model(audio, frames, visual3d)
-        video, prob, features = han_equations(model, audio, frames, visual3d)
+        video, prob, features, modality = han_equations(model, audio, frames, visual3d)
     torch.testing.assert_close(out.video_prob, video, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.modality_prob, modality, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.segment_prob, prob, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.features, features, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.segment_logits, model.classify(out.features))

@@ -365,12 +365,18 @@ def test_ablation_grid_has_every_row(tmp_path: Path) -> None:
     assert all(v.name in text for v in ABLATION_VARIANTS) and "Type@AV" in text
     # The variants really train differently (the segment and mixup terms are switched).
     assert table["seg_type"].n_unique() > 1 or table["seg_a"].n_unique() > 1
-    histories = {
-        v.name: load_checkpoint(latest_checkpoint(tmp_path / "ablation" / name / "checkpoints")).state["history"][0]
-        for v, name in zip(ABLATION_VARIANTS, sorted((tmp_path / "ablation").iterdir(), key=lambda p: p.stat().st_mtime))
+    folders = sorted((tmp_path / "ablation").iterdir(), key=lambda p: p.stat().st_mtime)
+    checkpoints = {
+        v.name: load_checkpoint(latest_checkpoint(folder / "checkpoints"))
+        for v, folder in zip(ABLATION_VARIANTS, folders, strict=True)
     }
+    histories = {name: checkpoint.state["history"][0] for name, checkpoint in checkpoints.items()}
     assert histories["HAN (video loss only)"]["loss_segment"] == 0 and histories["HAN (video loss only)"]["loss_mixup"] == 0
     assert histories["soft + mixup"]["loss_mixup"] > 0 and histories["soft"]["loss_mixup"] == 0
+    # Only the reference-HAN row trains with guided learning: three video-level BCE terms instead of one.
+    guided = [name for name, c in checkpoints.items() if c.meta["identity"]["settings"]["guided_learning"]]
+    assert guided == ["HAN (guided learning)"]
+    assert histories["HAN (guided learning)"]["loss_video"] > 1.5 * histories["HAN (video loss only)"]["loss_video"]
 
 
 # ---------------------------------------------------------------- AVE

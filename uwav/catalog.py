@@ -226,6 +226,10 @@ class TrainSettings(_Strict):
     mixup: bool = True
     mixup_alpha: float = Field(1.7, gt=0)
     mixup_targets: Literal["soft", "ceil"] = "soft"  # `ceil` is the AVE variant
+    # Project option, outside METHOD.md: the reference HAN's "individual guided learning" as the
+    # video-level loss (BCE of each modality's temporally pooled probability against the video
+    # label, visual smoothed to 0.9 y + 0.05, added to BCE(P, y)); how the paper's HAN row was trained.
+    guided_learning: bool = False
     seed: int = 0
     device: Device = "auto"
     precision: Precision = "fp32"

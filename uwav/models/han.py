@@ -34,12 +34,15 @@ class HANOutput:
     video_prob: (B, C) attentive-MMIL video probability P.
     segment_logits / segment_prob: (B, T, 2, C) z and sigmoid(z).
     features: (B, T, 2, d) segment features after the HAN layers, before `fc_prob` (mixup input).
+    modality_prob: (B, 2, C) each modality's temporal-attention pooled probability
+        `sum_t W_time * p` (the reference's `a_prob`, `v_prob`; used by guided learning).
     """
 
     video_prob: Tensor
     segment_prob: Tensor
     segment_logits: Tensor
     features: Tensor
+    modality_prob: Tensor
 
 
 class HANLayer(nn.Module):
@@ -166,5 +169,10 @@ class HAN(nn.Module):
             time_scores = time_scores.masked_fill(padding_mask[:, :, None, None], float("-inf"))
         time_weights = torch.softmax(time_scores, dim=1)
         modality_weights = torch.softmax(self.fc_av_att(features), dim=2)
-        video_prob = (time_weights * modality_weights * prob).sum(dim=(1, 2))
-        return HANOutput(video_prob=video_prob, segment_prob=prob, segment_logits=logits, features=features)
+        return HANOutput(
+            video_prob=(time_weights * modality_weights * prob).sum(dim=(1, 2)),
+            segment_prob=prob,
+            segment_logits=logits,
+            features=features,
+            modality_prob=(time_weights * prob).sum(dim=1),
+        )

@@ -299,7 +299,13 @@ class AblationVariant:
 
 
 ABLATION_VARIANTS: tuple[AblationVariant, ...] = (
-    AblationVariant("HAN (video loss only)", {"reweight": False, "mixup": False}, segment_loss=False),
+    AblationVariant(
+        "HAN (video loss only)", {"reweight": False, "mixup": False, "guided_learning": False}, segment_loss=False
+    ),
+    # The reference HAN's own training (the paper's HAN row), for comparison; not a METHOD variant.
+    AblationVariant(
+        "HAN (guided learning)", {"reweight": False, "mixup": False, "guided_learning": True}, segment_loss=False
+    ),
     AblationVariant("binary", {"labels": "binary", "reweight": False, "mixup": False}),
     AblationVariant("soft", {"labels": "soft", "reweight": False, "mixup": False}),
     AblationVariant("soft + reweight", {"labels": "soft", "reweight": True, "mixup": False}),

@@ -25,6 +25,8 @@ from uwav.models.han import HANOutput
 
 # The reference clamps the video probability before its BCE (VALOR / AVVP-ECCV20 training loops).
 VIDEO_PROB_EPS = 1e-7
+# The reference HAN's label smoothing in guided learning, (audio, visual): target = s * y + (1 - s) / 2.
+GUIDED_SMOOTHING = (1.0, 0.9)
 
 
 def _real_segments(padding_mask: Tensor | None, like: Tensor) -> Tensor:
@@ -153,6 +155,18 @@ def video_loss(video_prob: Tensor, video_labels: Tensor) -> Tensor:
     return -(y * torch.log(p) + (1.0 - y) * torch.log1p(-p)).mean()
 
 
+def guided_video_loss(video_prob: Tensor, modality_prob: Tensor, video_labels: Tensor) -> Tensor:
+    """The reference HAN's video-level loss, "individual guided learning" (AVVP-ECCV20's training
+    loop; not in METHOD.md): `BCE(P, y) + BCE(P_a, y) + BCE(P_v, 0.9 y + 0.05)`, where P_m is
+    modality m's temporal-attention pooled probability (`HANOutput.modality_prob`, (B, 2, C)).
+    Each term as `video_loss` (mean over (B, C), probabilities clamped)."""
+    y = video_labels.float()
+    loss = video_loss(video_prob, y)
+    for modality, smoothing in enumerate(GUIDED_SMOOTHING):
+        loss = loss + video_loss(modality_prob[:, modality], smoothing * y + (1.0 - smoothing) * 0.5)
+    return loss
+
+
 @dataclass(frozen=True)
 class LossTerms:
     """Scalar loss tensors; a disabled term is a zero tensor. `total` is what to backpropagate."""
@@ -171,7 +185,8 @@ class LossTerms:
 class UWAVLoss(nn.Module):
     """`L = L_video + L_w-soft + L_mix` (METHOD.md "Stage 2"), every term switchable.
 
-    - video_loss: `L_video = BCE(P, y)` (see `video_loss`).
+    - video_loss: `L_video = BCE(P, y)` (see `video_loss`); with `guided_learning` the reference
+      HAN's guided learning instead (`guided_video_loss`), a project option outside METHOD.md.
     - segment_loss: `sum_m mean_{b,t,c} [ (w_pos^m * mask + w_neg^m * (1 - mask)) * BCE(p^m_t, target^m_t) ]`
       with target = soft (eq. 12) or binary (eq. 10) pseudo-labels (`labels`). With `reweight` off all
       weights are 1 (plain `L_soft`); on, `mask` is the video label y broadcast over segments
@@ -196,6 +211,7 @@ class UWAVLoss(nn.Module):
         mixup_targets: Literal["soft", "ceil"] = "soft",
         video_loss: bool = True,
         segment_loss: bool = True,
+        guided_learning: bool = False,
     ) -> None:
         super().__init__()
         if labels not in ("soft", "binary"):
@@ -224,6 +240,7 @@ class UWAVLoss(nn.Module):
         self.mixup_targets = mixup_targets
         self.use_video_loss = video_loss
         self.use_segment_loss = segment_loss
+        self.guided_learning = guided_learning
         weights = (audio_weights, visual_weights) if reweight else (UNIT_WEIGHTS, UNIT_WEIGHTS)
         # (2, 1) over the modality axis (audio, visual), broadcast against (B, T, 2, C).
         self.register_buffer("w_pos", torch.tensor([[w.positive] for w in weights]), persistent=False)
@@ -249,6 +266,7 @@ class UWAVLoss(nn.Module):
             mixup_targets=settings.mixup_targets,
             video_loss=video_loss,
             segment_loss=segment_loss,
+            guided_learning=settings.guided_learning,
         )
 
     @property
@@ -274,7 +292,11 @@ class UWAVLoss(nn.Module):
         classify: the model's shared classifier (`HAN.classify`), needed for mixup;
         generator: CPU generator for the mixup pairing (the global RNG when None)."""
         zero = output.video_prob.new_zeros((), dtype=torch.float32)
-        video = video_loss(output.video_prob, video_labels) if self.use_video_loss else zero
+        video = zero
+        if self.use_video_loss and self.guided_learning:
+            video = guided_video_loss(output.video_prob, output.modality_prob, video_labels)
+        elif self.use_video_loss:
+            video = video_loss(output.video_prob, video_labels)
         if not (self.use_segment_loss or self.mixup):
             return LossTerms(total=video, video=video, segment=zero, mixup=zero)
 
