@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 
-from uwav.catalog import CatalogError, Catalog, check_catalog, load_catalog
+from uwav.catalog import CatalogError, Catalog, Task, check_catalog, load_catalog
 
 app = typer.Typer(help="UWAV: weakly-supervised audio-visual video parsing pipeline.", no_args_is_help=True)
 catalog_app = typer.Typer(help="Inspect the data catalog.", no_args_is_help=True)
@@ -100,8 +100,8 @@ def synth(
     if mode not in ("media", "features"):
         typer.echo(f"error: --mode must be 'media' or 'features', got {mode!r}", err=True)
         raise typer.Exit(2)
-    if target_layout not in ("llp", "ave"):
-        typer.echo(f"error: --target-layout must be 'llp' or 'ave', got {target_layout!r}", err=True)
+    if target_layout not in get_args(Task):
+        typer.echo(f"error: --target-layout must be one of {get_args(Task)}, got {target_layout!r}", err=True)
         raise typer.Exit(2)
     written = synth_main(
         mode,  # type: ignore[arg-type]
