@@ -505,7 +505,8 @@ def quality_table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> tuple[QualityConfig, argparse.Namespace]:
+    """The run's config from the command line, and the options that are not part of it."""
     defaults = QualityConfig()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds))
@@ -523,24 +524,27 @@ def main() -> None:
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=default, help="FeatureDifficulty knob")
     parser.add_argument("--guided-learning", action="store_true",
                         help="every variant but the video-loss-only baseline uses the reference HAN's video loss")  # fmt: skip
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANT_KEYS.values()), default=None,
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANT_KEYS.values()), default=list(VARIANT_KEYS.values()),
                         help="ablation rows to train (default: all)")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=2, help="seeds run in parallel worker processes (one torch thread each)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads when --jobs 1 (default: torch's)")
     parser.add_argument("--work-dir", type=Path, default=None, help="checkpoints (default: a temporary folder)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parser.parse_args(argv)
     fields = {f.name for f in dataclasses.fields(QualityConfig)}
     values = {k: v for k, v in vars(args).items() if k in fields}
     values["seeds"] = tuple(args.seeds)
-    if args.variants:
-        values["variants"] = tuple(name for name, key in VARIANT_KEYS.items() if key in args.variants)
+    values["variants"] = tuple(name for name, key in VARIANT_KEYS.items() if key in args.variants)
     values["llp_dir"] = None if args.synthetic_layouts else args.llp_dir
     values["difficulty"] = dataclasses.replace(
         defaults.difficulty, confusion=args.confusion, noise=args.noise, text_alignment=args.text_alignment
     )
-    config = QualityConfig(**values)
+    return QualityConfig(**values), args
+
+
+def main() -> None:
+    config, args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     summary = run_quality(config, args.work_dir, jobs=min(args.jobs, len(config.seeds)))
     print(json.dumps(summary))
 

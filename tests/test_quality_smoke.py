@@ -110,6 +110,13 @@ def test_ave_task_trains_with_ave_recipe_and_reports_accuracy(bench: ModuleType,
     json.loads(json.dumps(summary))
 
 
+def test_command_line_defaults_train_every_variant(bench: ModuleType) -> None:
+    assert bench.parse_args([])[0] == bench.QualityConfig()
+    config, _ = bench.parse_args(["--variants", "all", "han_baseline", "--guided-learning", "--task", "ave"])
+    assert config.variants == ("HAN (video loss only)", "soft + reweight + mixup (UWAV)")  # in grid order
+    assert config.guided_learning and config.han_settings(0).guided_learning and config.task == "ave"
+
+
 def test_single_segment_videos_keep_real_segments_in_order(bench: ModuleType) -> None:
     features = np.arange(2 * 3 * 2).reshape(2, 3, 2)
     out = bench.single_segment_videos(features, np.array([2, 3]))
