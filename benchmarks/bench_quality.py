@@ -53,7 +53,7 @@ visual stream, and audio segment probabilities stay low); the reference HAN's gu
 the paper's HAN row, scores 58.6 (59.0, 58.3). UWAV's 69.5 is 10.9 above it; the paper's 65.9 is
 11.9 above its HAN's 54.0. Guided learning does not belong in UWAV's loss, though: with it in every
 variant (`--guided-learning`, 456 s) binary scores 63.4, soft 61.3, soft+reweight 60.6,
-soft+mixup 63.5, UWAV 62.2, all 6-9 points below METHOD's loss (its modality-wise video targets
+soft+mixup 63.5, UWAV 62.2, 5.8-7.3 points below METHOD's loss (its modality-wise video targets
 contradict the pseudo-labels of single-modality events).
 
 AVE (`--task ave`): AVE-like target layouts (one audio-visual event per clip), AVE's recipe (batch
