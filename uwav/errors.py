@@ -1,0 +1,18 @@
+"""The one base of every failure a user can fix (a bad catalog, a missing or broken input file, a
+setting that does not fit the data). The command line catches `UwavError` once and prints its
+message on one line with exit status 2; anything else is a bug and keeps its traceback.
+
+Subclasses live beside the code that raises them (`CatalogError` in `catalog`, `MediaError` in
+`media.decode`, ...); a subclass that used to derive from a built-in error keeps it as a second
+base, so `except ValueError` in callers still works.
+"""
+
+from __future__ import annotations
+
+
+class UwavError(Exception):
+    """A user-caused failure; the message names the file, key or video at fault."""
+
+
+class StageError(UwavError, RuntimeError):
+    """A stage that cannot run; the message says which input is missing or wrong."""
