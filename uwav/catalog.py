@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from uwav.errors import UwavError
+
 DatasetKind = Literal["llp", "unav100", "ave", "custom", "synthetic"]
 Device = Literal["auto", "cpu", "cuda"]
 # Compute precision of encoders and of the training and prediction forward passes. "bf16"
@@ -29,7 +31,7 @@ PositiveInt = Annotated[int, Field(gt=0)]
 UnitFloat = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
-class CatalogError(ValueError):
+class CatalogError(UwavError, ValueError):
     """A catalog that cannot be used; the message names the file and the key at fault."""
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import polars as pl
 
 from uwav.contracts import MODALITIES, n_segments_for_duration
+from uwav.errors import UwavError
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class Issue:
         return f"{self.location}:{video} {self.reason}{detail}"
 
 
-class DatasetValidationError(ValueError):
+class DatasetValidationError(UwavError, ValueError):
     """Raised by a reader in strict mode on the first bad row; the message names file and line."""
 
     def __init__(self, issue: Issue) -> None:

@@ -43,6 +43,7 @@ from torch import nn
 
 from uwav.catalog import EncoderConfig, EncodersConfig
 from uwav.devices import autocast, resolve_device
+from uwav.errors import UwavError
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 FEATURE_NAMES: tuple[str, str, str] = ("clip", "clap", "r2plus1d")
@@ -56,7 +57,7 @@ _CLAP_CONTEXT_LENGTH = 77
 _CLAP_OBSOLETE_KEYS = ("text_branch.embeddings.position_ids",)
 
 
-class EncoderError(RuntimeError):
+class EncoderError(UwavError, RuntimeError):
     """An encoder that cannot be built or loaded; the message names the model, file or key at fault."""
 
 

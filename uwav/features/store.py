@@ -62,6 +62,8 @@ import zarr.storage
 from zarr.codecs import BytesCodec
 from zarr.codecs.bytes import Endian
 
+from uwav.errors import UwavError
+
 StoreDtype = Literal["float16", "float32"]
 
 FORMAT_VERSION = 1
@@ -69,7 +71,7 @@ _TIME_CHUNK_MULTIPLE = 10
 _READ_THREADS = 8  # file reads release the GIL; more threads than cores hide disk latency
 
 
-class FeatureStoreError(ValueError):
+class FeatureStoreError(UwavError, ValueError):
     """A store that cannot be used as asked; the message names the store, feature or video at fault."""
 
 

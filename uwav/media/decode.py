@@ -48,6 +48,7 @@ import soxr
 from av.video.reformatter import VideoReformatter
 
 from uwav.contracts import PARTIAL_SEGMENT_MIN_S, n_segments_for_duration
+from uwav.errors import UwavError
 
 FRAMES_PER_CLIP = 8
 CLIP_RESIZE_HW = (128, 171)  # torchvision R2Plus1D_18_Weights.KINETICS400_V1 transforms
@@ -62,7 +63,7 @@ _NOT_VIDEO_DEMUXERS = frozenset({"tty", "bin", "xbin", "adf", "idf", "image2", "
 MediaSource = str | os.PathLike[str] | BinaryIO
 
 
-class MediaError(Exception):
+class MediaError(UwavError):
     """A media file that cannot be used; `reason` says why (it goes to the quarantine table)."""
 
     def __init__(self, path: str, reason: str) -> None:
