@@ -22,7 +22,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from uwav.errors import InvalidInputError, UwavError
+
 PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
+class PipelineLockedError(UwavError, TimeoutError):
+    """Another `uwav run` holds the catalog's lock past the wait (a TimeoutError: Prefect retries it)."""
 
 
 def stable_json(value: Any) -> str:
@@ -104,8 +110,8 @@ class StateDir:
             return None
         try:
             return StageRecord.from_json(json.loads(path.read_text()))
-        except (json.JSONDecodeError, TypeError) as error:
-            raise ValueError(f"{path}: unreadable stage record ({error}); delete it to recompute {stage}") from None
+        except (ValueError, TypeError) as error:  # bad JSON, bad UTF-8, or not a record's fields
+            raise InvalidInputError(f"{path}: unreadable stage record ({error}); delete it to recompute {stage}") from None
 
     def write(self, record: StageRecord) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -130,7 +136,7 @@ class StateDir:
                     break
                 except BlockingIOError:
                     if time.monotonic() > deadline:
-                        raise TimeoutError(f"{lock_path}: another uwav run holds the lock") from None
+                        raise PipelineLockedError(f"{lock_path}: another uwav run holds the lock") from None
                     time.sleep(0.2)
             try:
                 yield

@@ -4,7 +4,8 @@ message on one line with exit status 2; anything else is a bug and keeps its tra
 
 Subclasses live beside the code that raises them (`CatalogError` in `catalog`, `MediaError` in
 `media.decode`, ...); a subclass that used to derive from a built-in error keeps it as a second
-base, so `except ValueError` in callers still works.
+base, so `except ValueError` in callers still works. `InvalidInputError` and `MissingInputError`
+are here because many modules raise them.
 """
 
 from __future__ import annotations
@@ -16,3 +17,12 @@ class UwavError(Exception):
 
 class StageError(UwavError, RuntimeError):
     """A stage that cannot run; the message says which input is missing or wrong."""
+
+
+class InvalidInputError(UwavError, ValueError):
+    """An input file, argument or setting whose content is wrong (a table without its columns, a
+    checkpoint of the wrong kind, a setting the data cannot meet)."""
+
+
+class MissingInputError(UwavError, FileNotFoundError):
+    """An input file or folder that does not exist, or lacks a file it must hold."""
