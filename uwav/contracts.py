@@ -10,6 +10,8 @@ import math
 
 import polars as pl
 
+from uwav.errors import InvalidInputError
+
 MODALITIES: tuple[str, str] = ("audio", "visual")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -83,7 +85,7 @@ def validate_manifest(df: pl.DataFrame) -> pl.DataFrame:
     df = _check_schema(df, MANIFEST_SCHEMA, "manifest")
     dup = df.filter(pl.col("video_id").is_duplicated())["video_id"].unique().to_list()
     if dup:
-        raise ValueError(f"manifest: duplicate video ids {dup[:5]}")
+        raise InvalidInputError(f"manifest: duplicate video ids {dup[:5]}")
     return df
 
 

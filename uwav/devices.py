@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from uwav.errors import UwavError
+
+
+class DeviceError(UwavError, RuntimeError):
+    """A device setting this machine cannot honour (`cuda` without a GPU)."""
+
 
 def resolve_device(setting: str | torch.device) -> torch.device:
     """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU is an error, not a silent fallback."""
@@ -13,7 +19,7 @@ def resolve_device(setting: str | torch.device) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(setting)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {setting!r} requested but torch sees no CUDA device")
+        raise DeviceError(f"device {setting!r} requested but torch sees no CUDA device")
     return device
 
 

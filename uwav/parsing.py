@@ -25,6 +25,7 @@ import numpy as np
 import polars as pl
 
 from uwav.contracts import MODALITIES, n_segments_for_duration
+from uwav.errors import InvalidInputError
 from uwav.evaluation.plots import SEGMENT_S, positive_runs, save_png, timeline_figure, write_bytes_atomic
 from uwav.evaluation.protocol import decide
 
@@ -244,7 +245,7 @@ def write_parse_outputs(
     for video in parsed:
         name = timeline_file_name(video.video_id)
         if name in names:
-            raise ValueError(f"parse: videos {names[name]!r} and {video.video_id!r} map to one timeline file {name!r}")
+            raise InvalidInputError(f"parse: videos {names[name]!r} and {video.video_id!r} map to one timeline file {name!r}")
         names[name] = video.video_id
 
     events, segments = _tables(parsed)

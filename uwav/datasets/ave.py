@@ -24,6 +24,7 @@ import numpy as np
 import polars as pl
 
 from uwav.contracts import MODALITIES, validate_dense, validate_manifest
+from uwav.errors import InvalidInputError, MissingInputError
 from uwav.datasets.validation import (
     IssueCollector,
     Reason,
@@ -69,7 +70,7 @@ def read_ave(
     root = Path(root)
     missing = [name for name in (AVE_ANNOTATIONS, AVE_SPLITS) if not (root / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"AVE folder {root} lacks {missing}")
+        raise MissingInputError(f"AVE folder {root} lacks {missing}")
     issues = IssueCollector(report, strict, f"AVE {root}")
     rows = _read_annotations(root / AVE_ANNOTATIONS, issues)
     rows = _assign_splits(rows, root / AVE_SPLITS, issues)
@@ -166,7 +167,7 @@ def ave_segment_labels(manifest: pl.DataFrame, dense: pl.DataFrame, classes: Seq
     writes the same span for both modalities)."""
     lengths = manifest["n_segments"].unique().to_list()
     if lengths and lengths != [AVE_SEGMENTS]:
-        raise ValueError(f"AVE segment labels need {AVE_SEGMENTS}-segment videos, the manifest has {sorted(lengths)}")
+        raise InvalidInputError(f"AVE segment labels need {AVE_SEGMENTS}-segment videos, the manifest has {sorted(lengths)}")
     class_index = {name: i for i, name in enumerate(classes)}
     events = (
         dense.filter(pl.col("modality") == "audio")
@@ -175,7 +176,7 @@ def ave_segment_labels(manifest: pl.DataFrame, dense: pl.DataFrame, classes: Seq
     )
     unknown = events.filter(pl.col("class_id").is_null())["label"].unique().to_list()
     if unknown:
-        raise ValueError(f"AVE segment labels: dense labels {unknown} are not among the {len(classes)} classes")
+        raise InvalidInputError(f"AVE segment labels: dense labels {unknown} are not among the {len(classes)} classes")
     labels = np.full((manifest.height, AVE_SEGMENTS), len(classes), dtype=np.int64)
     t = np.arange(AVE_SEGMENTS)
     rows, onsets, offsets, class_ids = (events[c].to_numpy() for c in ("row", "onset", "offset", "class_id"))

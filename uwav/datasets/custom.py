@@ -20,6 +20,7 @@ from pathlib import Path
 import polars as pl
 
 from uwav.contracts import DENSE_SCHEMA, PARTIAL_SEGMENT_MIN_S, validate_dense, validate_manifest
+from uwav.errors import InvalidInputError
 from uwav.datasets.validation import (
     IssueCollector,
     Reason,
@@ -57,7 +58,7 @@ def read_custom(
     table = read_table(path, issues)
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
-        raise ValueError(f"{path}: missing columns {missing} (needs {list(REQUIRED_COLUMNS)}[, split][, duration_s])")
+        raise InvalidInputError(f"{path}: missing columns {missing} (needs {list(REQUIRED_COLUMNS)}[, split][, duration_s])")
 
     rows = table.with_columns(
         video_id=pl.col("video_id").cast(pl.String).str.strip_chars(),
@@ -95,7 +96,7 @@ def read_custom(
         dense_table = read_table(Path(dense_path), issues)
         absent = [c for c in DENSE_SCHEMA if c not in dense_table.columns]
         if absent:
-            raise ValueError(f"{dense_path}: missing columns {absent} (needs {list(DENSE_SCHEMA)})")
+            raise InvalidInputError(f"{dense_path}: missing columns {absent} (needs {list(DENSE_SCHEMA)})")
         dense_rows = dense_table.with_columns(
             pl.col("video_id", "modality", "label").cast(pl.String).str.strip_chars()
         )

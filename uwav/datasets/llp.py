@@ -22,6 +22,7 @@ from pathlib import Path
 import polars as pl
 
 from uwav.contracts import PARTIAL_SEGMENT_MIN_S, validate_dense, validate_manifest
+from uwav.errors import MissingInputError
 from uwav.datasets.validation import (
     IssueCollector,
     Reason,
@@ -70,7 +71,7 @@ def read_llp(
     root = Path(root)
     missing = [name for name in (*LLP_SPLIT_FILES.values(), *LLP_DENSE_FILES.values()) if not (root / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"LLP folder {root} lacks {missing}")
+        raise MissingInputError(f"LLP folder {root} lacks {missing}")
     issues = IssueCollector(report, strict, f"LLP {root}")
     manifest = _read_weak(root, classes, issues)
     manifest = attach_media(manifest, pl.col("video_id").str.slice(0, LLP_MEDIA_ID_CHARS), media_root, issues)

@@ -25,6 +25,7 @@ from typing import Any
 import polars as pl
 
 from uwav.contracts import MODALITIES, PARTIAL_SEGMENT_MIN_S, validate_dense, validate_manifest
+from uwav.errors import InvalidInputError, MissingInputError
 from uwav.datasets.validation import (
     IssueCollector,
     Reason,
@@ -121,11 +122,15 @@ def _load_database(path: Path, duplicate_keys: list[str]) -> dict[str, Any]:
                 obj[key] = value
         return obj
 
-    with path.open(encoding="utf-8") as f:
-        document = json.load(f, object_pairs_hook=first_wins)
+    if not path.is_file():
+        raise MissingInputError(f"{path}: no such file")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=first_wins)
+    except ValueError as error:  # bad JSON or bad UTF-8
+        raise InvalidInputError(f"{path}: not valid JSON: {error}") from None
     database = document.get("database") if isinstance(document, dict) else None
     if not isinstance(database, dict):
-        raise ValueError(f"{path}: expected a JSON object with a 'database' object")
+        raise InvalidInputError(f"{path}: expected a JSON object with a 'database' object")
     return database
 
 

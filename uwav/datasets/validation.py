@@ -21,7 +21,7 @@ from pathlib import Path
 import polars as pl
 
 from uwav.contracts import MODALITIES, n_segments_for_duration
-from uwav.errors import UwavError
+from uwav.errors import InvalidInputError, MissingInputError, UwavError
 
 log = logging.getLogger(__name__)
 
@@ -240,11 +240,11 @@ def read_text_rows(
     ).filter(pl.col("text").str.strip_chars() != "")
     if header:
         if raw.height == 0:
-            raise ValueError(f"{path}: empty file, expected a header with columns {list(columns)}")
+            raise InvalidInputError(f"{path}: empty file, expected a header with columns {list(columns)}")
         names = [field.strip() for field in raw["text"][0].split(separator)]
         missing = [c for c in columns if c not in names]
         if missing:
-            raise ValueError(f"{path}: header {names} lacks columns {missing}")
+            raise InvalidInputError(f"{path}: header {names} lacks columns {missing}")
         raw = raw.slice(1)
     else:
         names = list(columns)
@@ -268,6 +268,8 @@ def read_text_rows(
 def read_table(path: Path, issues: IssueCollector) -> pl.DataFrame:
     """A CSV (header, one record per line) or Parquet table with `file` and 1-based `line`
     (for Parquet the 1-based row number). CSV cells are read as strings; blank lines are skipped."""
+    if not path.is_file():
+        raise MissingInputError(f"{path}: no such file")
     name = issues.file(path)
     suffix = path.suffix.lower()
     if suffix == ".csv":
@@ -279,7 +281,7 @@ def read_table(path: Path, issues: IssueCollector) -> pl.DataFrame:
     elif suffix == ".parquet":
         table = pl.read_parquet(path).with_row_index("line", offset=1)
     else:
-        raise ValueError(f"{path}: unsupported table format {suffix!r} (use .csv or .parquet)")
+        raise InvalidInputError(f"{path}: unsupported table format {suffix!r} (use .csv or .parquet)")
     return table.with_columns(pl.col("line").cast(pl.Int64), file=pl.lit(name))
 
 
@@ -315,7 +317,7 @@ def index_media(media_root: str | os.PathLike[str]) -> dict[str, str]:
     """
     root = Path(media_root).expanduser().resolve()
     if not root.is_dir():
-        raise FileNotFoundError(f"media root {root} is not a directory")
+        raise MissingInputError(f"media root {root} is not a directory")
     rank = {ext: i for i, ext in enumerate(MEDIA_EXTENSIONS)}
     found: dict[str, tuple[int, str]] = {}
     with os.scandir(root) as entries:

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from uwav.errors import MissingInputError
 from uwav.features.store import FeatureStore
 
 LLP_SEGMENTS = 10
@@ -161,7 +162,7 @@ def import_official_llp(
     feats_root = Path(feats_root)
     absent = [str(feats_root / kind.folder) for kind in OFFICIAL_KINDS if not (feats_root / kind.folder).is_dir()]
     if absent:
-        raise FileNotFoundError(f"official LLP features: missing folders {absent}")
+        raise MissingInputError(f"official LLP features: missing folders {absent}")
     names = {name: name for name in OFFICIAL_FEATURE_NAMES} | dict(names or {})
     unknown = sorted(set(names) - set(OFFICIAL_FEATURE_NAMES))
     if unknown:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from uwav.contracts import MODALITIES
+from uwav.errors import InvalidInputError
 
 
 @dataclass(frozen=True)
@@ -80,9 +81,9 @@ class ThresholdSet:
             thresholds = {m: np.asarray(data["thresholds"][m], dtype=np.float64) for m in MODALITIES}
             result = cls(data["classes"], thresholds, details, data.get("source", {}))
         except (OSError, KeyError, TypeError, json.JSONDecodeError) as error:
-            raise ValueError(f"{path}: not a readable threshold set ({error})") from None
-        if result.set_id != data["set_id"]:
-            raise ValueError(f"{path}: set_id does not match its contents (edited by hand?)")
+            raise InvalidInputError(f"{path}: not a readable threshold set ({error})") from None
+        if result.set_id != data.get("set_id"):
+            raise InvalidInputError(f"{path}: set_id does not match its contents (edited by hand?)")
         return result
 
 
@@ -134,7 +135,7 @@ def calibrate_thresholds(
     if method not in ("f1", "quantile"):
         raise ValueError(f"unknown calibration method {method!r} (expected 'f1' or 'quantile')")
     if method == "f1" and dense_truth is None:
-        raise ValueError("calibration method 'f1' needs dense labels; use method 'quantile' for datasets without them")
+        raise InvalidInputError("calibration method 'f1' needs dense labels; use method 'quantile' for datasets without them")
     video_labels = video_labels.astype(bool)
     allowed = valid[:, :, None] & video_labels[:, None, :]  # (N, T, C): segments the weak label allows
     thresholds: dict[str, np.ndarray] = {}

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from uwav.contracts import MODALITIES
+from uwav.errors import InvalidInputError, MissingInputError
 
 LIST_COLUMNS = tuple(f"{m}_{kind}" for kind in ("logit", "soft", "hard") for m in MODALITIES)
 
@@ -97,11 +98,11 @@ def read_pseudo_labels(folder: Path, video_ids: Sequence[str]) -> PseudoLabelArr
     """Load the pseudo-labels of `video_ids` (in that order) into padded arrays with one dataset read."""
     folder = Path(folder)
     if not completed_shards(folder):
-        raise FileNotFoundError(f"{folder}: no pseudo-label shards")
+        raise MissingInputError(f"{folder}: no pseudo-label shards")
     table = pq.read_table(folder, filters=[("video_id", "in", list(video_ids))])
     set_ids = pc.unique(table["threshold_set_id"]).to_pylist()
     if len(set_ids) > 1:
-        raise ValueError(f"{folder}: shards made with different threshold sets {set_ids}")
+        raise InvalidInputError(f"{folder}: shards made with different threshold sets {set_ids}")
     position = {video_id: i for i, video_id in enumerate(video_ids)}
     found = set(pc.unique(table["video_id"]).to_pylist())
     absent = [v for v in video_ids if v not in found]

@@ -18,6 +18,7 @@ import av
 import polars as pl
 
 from uwav.contracts import QUARANTINE_SCHEMA, empty_quarantine
+from uwav.errors import InvalidInputError
 from uwav.media.decode import DecodedSegments, MediaError, MediaSource, decode_segments, source_name
 
 _KEY = ("video_id", "path", "stage", "reason")
@@ -80,7 +81,7 @@ class QuarantineLog:
         try:
             frame = pl.read_parquet(path).select([pl.col(c).cast(t) for c, t in QUARANTINE_SCHEMA.items()])
         except (pl.exceptions.PolarsError, OSError) as exc:
-            raise ValueError(f"quarantine table {path}: not readable in the contract's schema: {exc}") from exc
+            raise InvalidInputError(f"quarantine table {path}: not readable in the contract's schema: {exc}") from exc
         return cls(frame.to_dicts())
 
 

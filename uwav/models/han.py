@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from uwav.catalog import HanSettings
+from uwav.errors import InvalidInputError
 
 AUDIO, VISUAL = 0, 1  # order of the modality axis of every (B, T, 2, ...) output
 
@@ -96,7 +97,10 @@ class HAN(nn.Module):
     ) -> None:
         super().__init__()
         if d_model % heads != 0:
-            raise ValueError(f"HAN: {heads} attention heads do not divide d_model={d_model}")
+            raise InvalidInputError(
+                f"HAN: {heads} attention heads do not divide d_model={d_model}; "
+                "set stages.train.han.heads to a divisor of d_model"
+            )
         self.n_classes = n_classes
         self.fc_a = nn.Linear(audio_dim, d_model)
         self.fc_v = nn.Linear(visual2d_dim, d_model)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from uwav.catalog import PretrainSettings
+from uwav.errors import InvalidInputError
 
 
 def _check_heads(dim: int, heads: int) -> None:
@@ -24,7 +25,7 @@ def _check_heads(dim: int, heads: int) -> None:
     if dim % heads != 0:
         divisors = [h for h in range(1, dim + 1) if dim % h == 0]
         nearest = min(divisors, key=lambda h: (abs(h - heads), h))
-        raise ValueError(
+        raise InvalidInputError(
             f"PLG: {heads} attention heads do not divide the embedding width {dim}; "
             f"set stages.pretrain.heads to a divisor of {dim} (nearest: {nearest})"
         )

@@ -26,6 +26,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from uwav.errors import InvalidInputError, MissingInputError
+
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
@@ -105,16 +107,16 @@ def load_checkpoint(path: Path, *, with_state: bool = True) -> Checkpoint:
     weights_path, meta_path, state_path = path / WEIGHTS_FILE, path / META_FILE, path / STATE_FILE
     for required in (weights_path, meta_path):
         if not required.is_file():
-            raise FileNotFoundError(f"checkpoint {path}: missing {required.name}")
+            raise MissingInputError(f"checkpoint {path}: missing {required.name}")
     try:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"checkpoint {meta_path}: not valid JSON: {error}") from None
+        raise InvalidInputError(f"checkpoint {meta_path}: not valid JSON: {error}") from None
     weights = load_file(str(weights_path), device="cpu")
     state: dict[str, Any] = {}
     if with_state:
         if not state_path.is_file():
-            raise FileNotFoundError(f"checkpoint {path}: missing {STATE_FILE} (needed to resume training)")
+            raise MissingInputError(f"checkpoint {path}: missing {STATE_FILE} (needed to resume training)")
         state = torch.load(state_path, map_location="cpu", weights_only=True)
     return Checkpoint(path=path, weights=weights, state=state, meta=meta)
 
@@ -124,7 +126,7 @@ def load_weights_into(model: nn.Module, path: Path) -> nn.Module:
     weights = load_file(str(Path(path) / WEIGHTS_FILE), device="cpu")
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
-        raise ValueError(
+        raise InvalidInputError(
             f"checkpoint {path}: weights do not fit {type(model).__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     return model

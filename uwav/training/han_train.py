@@ -26,6 +26,7 @@ import torch
 
 from uwav.catalog import Precision, Task, TrainSettings
 from uwav.devices import autocast
+from uwav.errors import InvalidInputError
 from uwav.evaluation import ave_accuracy, avvp_scores, decide
 from uwav.models.han import AUDIO, HAN, VISUAL
 from uwav.training.checkpoints import BEST_NAME, load_checkpoint, load_weights_into
@@ -281,7 +282,7 @@ def load_han(checkpoint: Path, device: str = "cpu") -> HAN:
     """The HAN of a stage-2 checkpoint folder (eval mode), rebuilt from its metadata."""
     meta = load_checkpoint(checkpoint, with_state=False).meta
     if meta.get("identity", {}).get("stage") != STAGE:
-        raise ValueError(f"{checkpoint}: not a stage-2 (HAN) checkpoint")
+        raise InvalidInputError(f"{checkpoint}: not a stage-2 (HAN) checkpoint")
     model = HAN(**meta["identity"]["model"])
     return load_weights_into(model, checkpoint).to(resolve_device(device)).eval()
 

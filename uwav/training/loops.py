@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 import uwav
 from uwav.catalog import PretrainSettings, TrainSettings
 from uwav.devices import resolve_device
+from uwav.errors import InvalidInputError
 from uwav.training.checkpoints import (
     BEST_NAME,
     capture_rng,
@@ -139,7 +140,7 @@ class TrainingRun:
         checkpoint = load_checkpoint(path)
         differences = _differences(checkpoint.meta.get("identity"), self.identity)
         if differences:
-            raise ValueError(
+            raise InvalidInputError(
                 f"cannot resume from {path}: it was written by a different run ({'; '.join(differences[:5])}); "
                 "use a new run folder or resume=False"
             )

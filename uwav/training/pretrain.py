@@ -19,6 +19,7 @@ import torch
 
 from uwav.catalog import Precision, PretrainSettings
 from uwav.devices import autocast
+from uwav.errors import InvalidInputError
 from uwav.models.plg import AudioVisualPLG
 from uwav.training.checkpoints import load_checkpoint, load_weights_into
 from uwav.training.data import InMemoryBatches, PretrainData, padding_mask_from_lengths, plg_inputs
@@ -134,7 +135,7 @@ def load_plg(checkpoint: Path, device: str = "cpu") -> AudioVisualPLG:
     """The generator of a stage-1 checkpoint folder (eval mode), rebuilt from its metadata."""
     meta = load_checkpoint(checkpoint, with_state=False).meta
     if meta.get("identity", {}).get("stage") != STAGE:
-        raise ValueError(f"{checkpoint}: not a stage-1 (PLG) checkpoint")
+        raise InvalidInputError(f"{checkpoint}: not a stage-1 (PLG) checkpoint")
     model = AudioVisualPLG(**meta["identity"]["model"])
     return load_weights_into(model, checkpoint).to(resolve_device(device)).eval()
 
