@@ -59,6 +59,7 @@ from uwav.datasets.synth import (
     stable_hash,
     weak_label_lists,
 )
+from uwav.errors import InvalidInputError, MissingInputError
 
 if TYPE_CHECKING:
     from uwav.features.store import FeatureStore
@@ -248,10 +249,10 @@ class SyntheticFeatureBenchmark:
         in_dir = Path(in_dir)
         meta_path = in_dir / "benchmark.json"
         if not meta_path.is_file():
-            raise FileNotFoundError(f"{in_dir} is not a saved synthetic feature benchmark (no benchmark.json)")
+            raise MissingInputError(f"{in_dir} is not a saved synthetic feature benchmark (no benchmark.json)")
         meta = json.loads(meta_path.read_text())
         if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{meta_path}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+            raise InvalidInputError(f"{meta_path}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
         return cls(
             SyntheticFeatureSet._load(in_dir / "target", mmap),
             SyntheticFeatureSet._load(in_dir / "pretrain", mmap),
@@ -350,7 +351,7 @@ def _real_llp_layouts(layouts_from: Path, classes: tuple[str, ...]) -> Layouts:
     manifest, dense = read_llp(root)
     unknown = sorted(set(dense["label"].unique()) - set(classes))
     if unknown:
-        raise ValueError(f"{root}: dense labels {unknown} are not among the target classes")
+        raise InvalidInputError(f"{root}: dense labels {unknown} are not among the target classes")
     videos = manifest.filter(pl.col("video_id").is_in(dense["video_id"].unique().implode()))
     index = {v: i for i, v in enumerate(videos["video_id"])}
     t_max = int(videos["n_segments"].max())
