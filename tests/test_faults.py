@@ -3,6 +3,7 @@ of an uninterrupted run, without redoing finished stages; a concurrent run waits
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,10 +11,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from flows import EPHEMERAL_STARTUP_TIMEOUT_ENV, EPHEMERAL_STARTUP_TIMEOUT_S
 from tests.test_stages import small_catalog, write_catalog
 from uwav.caching import StateDir
 from uwav.catalog import load_catalog
@@ -30,16 +33,38 @@ def start_run(catalog: Path) -> subprocess.Popen:
     )
 
 
-def wait_for(condition, process: subprocess.Popen, timeout_s: float = 240.0) -> None:  # noqa: ANN001
+def wait_for(condition: Callable[[], bool], process: subprocess.Popen, timeout_s: float = 240.0) -> None:
+    """Poll `condition` until true; if the process ends first or time runs out, fail with its output."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         if process.poll() is not None:
-            output = process.stdout.read().decode() if process.stdout else ""
-            raise AssertionError(f"the run ended (exit {process.returncode}) before the kill point:\n{output[-3000:]}")
+            raise AssertionError(f"the run ended (exit {process.returncode}) before the kill point:\n{output_tail(process)}")
         if time.monotonic() > deadline:
             process.kill()
-            raise AssertionError("timed out waiting for the kill point")
+            process.wait()
+            raise AssertionError(f"timed out waiting for the kill point:\n{output_tail(process)}")
         time.sleep(0.05)
+
+
+def output_tail(process: subprocess.Popen, chars: int = 3000) -> str:
+    """What the ended process wrote. Read without blocking: a server it started may still hold the pipe."""
+    if process.stdout is None:
+        return ""
+    fd = process.stdout.fileno()
+    os.set_blocking(fd, False)
+    chunks: list[bytes] = []
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")[-chars:]
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL a `start_new_session` process and everything it started, as a crash would; a group
+    that is already gone is not an error (raising here would hide why the test failed)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def test_kill_during_every_stage_then_resume(tmp_path: Path) -> None:
@@ -124,19 +149,21 @@ def test_killed_prefect_flow_resumes_without_redoing_finished_stages(tmp_path: P
     from flows.pipeline import uwav_flow
 
     catalog = write_catalog(tmp_path, small_catalog())
+    # os.environ carries conftest's PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: the child's own
+    # temporary server gets as long to start as the session's.
     env = {**os.environ, "UWAV_NO_PROGRESS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
     env.pop("PREFECT_API_URL", None)  # the child starts its own temporary server
+    server_start_s = float(env[EPHEMERAL_STARTUP_TIMEOUT_ENV])
     process = subprocess.Popen(
         [sys.executable, "-c", f"from flows.pipeline import uwav_flow; uwav_flow(catalog={str(catalog)!r})"],
         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )
     pretrain_dir = tmp_path / "runs" / "pretrain"
     try:
-        wait_for(lambda: pretrain_dir.is_dir() and any(pretrain_dir.iterdir()), process)
+        wait_for(lambda: pretrain_dir.is_dir() and any(pretrain_dir.iterdir()), process, timeout_s=server_start_s + 240)
         time.sleep(0.5)
     finally:
-        os.killpg(process.pid, signal.SIGKILL)  # the flow and its server, as a crash would
-        process.wait()
+        kill_group(process)  # the flow and its server
     state = StateDir(tmp_path / "runs")
     before = {name: state.record(name) for name in ("segment", "features")}
     assert all(record is not None for record in before.values())
@@ -146,3 +173,27 @@ def test_killed_prefect_flow_resumes_without_redoing_finished_stages(tmp_path: P
     for name, record in before.items():
         assert state.record(name).finished_at == record.finished_at, f"{name} was redone"
     assert state.record("evaluate") is not None
+
+
+@pytest.mark.parametrize(
+    ("user_value", "import_prefect_first", "expected"),
+    [(None, False, EPHEMERAL_STARTUP_TIMEOUT_S), (None, True, EPHEMERAL_STARTUP_TIMEOUT_S), ("7", False, 7)],
+)
+def test_flows_gives_prefect_temporary_server_time_to_start(
+    user_value: str | None, import_prefect_first: bool, expected: int,
+) -> None:
+    """Importing `flows` raises the start-up wait Prefect itself uses (20 s default, too short on a
+    loaded CI box), whichever of prefect/flows is imported first; a user's own value wins. A fresh
+    process, since Prefect reads its settings once per process."""
+    env = {k: v for k, v in os.environ.items() if k != EPHEMERAL_STARTUP_TIMEOUT_ENV}
+    if user_value is not None:
+        env[EPHEMERAL_STARTUP_TIMEOUT_ENV] = user_value
+    script = ("import prefect\n" if import_prefect_first else "") + (
+        "import flows\n"
+        "from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as timeout\n"
+        "print(timeout.value())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.strip().splitlines()[-1]) == expected
+    assert EPHEMERAL_STARTUP_TIMEOUT_S >= 60  # several times the 10-25 s seen on a loaded 2-core machine
