@@ -185,9 +185,10 @@ def test_checkpoint_replace_clean_and_prune(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "best", model, {"epoch": 1})
     save_checkpoint(tmp_path / "best", model, {"epoch": 3})  # replaces
     assert load_checkpoint(tmp_path / "best", with_state=False).meta == {"epoch": 3}
-    # A crash mid-write leaves a temp folder; a crash mid-replace leaves the old folder aside.
-    (tmp_path / ".tmp-epoch_0004-99").mkdir()
-    (tmp_path / "best").rename(tmp_path / ".old-best-99")
+    # A crash mid-write leaves a temp folder; a crash mid-replace leaves the old folder aside
+    # (named as uwav.atomic.atomic_dir names them).
+    (tmp_path / ".epoch_0004.99.0123abcd.tmp").mkdir()
+    (tmp_path / "best").rename(tmp_path / ".best.99.0123abcd.old")
     clean_incomplete(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "epoch_0001", "epoch_0002", "epoch_0003"]
     assert latest_checkpoint(tmp_path) == tmp_path / "epoch_0003"

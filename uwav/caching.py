@@ -13,7 +13,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from uwav.atomic import write_text_atomic
 from uwav.errors import InvalidInputError, UwavError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -114,11 +114,7 @@ class StateDir:
             raise InvalidInputError(f"{path}: unreadable stage record ({error}); delete it to recompute {stage}") from None
 
     def write(self, record: StageRecord) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        final = self.path / f"{record.stage}.json"
-        tmp = self.path / f".{record.stage}.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(asdict(record), indent=2, default=str))
-        os.replace(tmp, final)
+        write_text_atomic(self.path / f"{record.stage}.json", json.dumps(asdict(record), indent=2, default=str))
 
     def forget(self, stage: str) -> None:
         (self.path / f"{stage}.json").unlink(missing_ok=True)

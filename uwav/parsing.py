@@ -13,7 +13,6 @@ functions take arrays.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from collections.abc import Sequence
@@ -24,9 +23,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from uwav.atomic import atomic_path, write_text_atomic
 from uwav.contracts import MODALITIES, n_segments_for_duration
 from uwav.errors import InvalidInputError
-from uwav.evaluation.plots import SEGMENT_S, positive_runs, save_png, timeline_figure, write_bytes_atomic
+from uwav.evaluation.plots import SEGMENT_S, positive_runs, save_png, timeline_figure
 from uwav.evaluation.protocol import decide
 
 EVENT_MODALITIES: tuple[str, str, str] = ("audio", "visual", "audio-visual")
@@ -264,9 +264,11 @@ def write_parse_outputs(
             for video in parsed
         ],
     }
-    events_json = write_bytes_atomic(out_dir / "events.json", json.dumps(document, indent=2).encode("utf-8"))
-    events_parquet = write_bytes_atomic(out_dir / "events.parquet", _parquet_bytes(events))
-    segments_parquet = write_bytes_atomic(out_dir / "segments.parquet", _parquet_bytes(segments))
+    events_json = write_text_atomic(out_dir / "events.json", json.dumps(document, indent=2))
+    events_parquet, segments_parquet = out_dir / "events.parquet", out_dir / "segments.parquet"
+    for table, path in ((events, events_parquet), (segments, segments_parquet)):
+        with atomic_path(path) as tmp:
+            table.write_parquet(tmp)
     timelines = {
         video.video_id: save_png(
             timeline_figure(
@@ -278,9 +280,3 @@ def write_parse_outputs(
         for video in parsed
     }
     return ParseOutputs(events_json, events_parquet, segments_parquet, timelines)
-
-
-def _parquet_bytes(table: pl.DataFrame) -> bytes:
-    buffer = io.BytesIO()
-    table.write_parquet(buffer)
-    return buffer.getvalue()

@@ -31,8 +31,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -43,6 +41,7 @@ import numpy as np
 import polars as pl
 from threadpoolctl import threadpool_limits
 
+from uwav.atomic import atomic_dir
 from uwav.contracts import MANIFEST_SCHEMA, MODALITIES, validate_manifest
 from uwav.datasets.llp import LLP_CLASSES, read_llp
 from uwav.datasets.synth import (
@@ -227,19 +226,11 @@ class SyntheticFeatureBenchmark:
         `manifest.parquet`, `dense.parquet`, `layouts.npz`, `features/<space>.npy`,
         `text_embeddings/<space>.npy`."""
         out_dir = Path(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-        try:
+        with atomic_dir(out_dir) as tmp:
             self.target._save(tmp / "target")
             self.pretrain._save(tmp / "pretrain")
             meta = {"format_version": FORMAT_VERSION, "settings": self.settings}
             (tmp / "benchmark.json").write_text(json.dumps(meta, indent=1))
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            os.replace(tmp, out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return out_dir
 
     @classmethod

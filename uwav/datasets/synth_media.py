@@ -35,6 +35,7 @@ import av
 import numpy as np
 import polars as pl
 
+from uwav.atomic import atomic_path, write_text_atomic
 from uwav.datasets.synth import (
     LLP_LIKE,
     UNAV_LIKE,
@@ -392,32 +393,26 @@ def encode_mp4(path: Path, frames: np.ndarray, audio: np.ndarray, fps: int, audi
     those two use SIMD float code whose results were seen to vary from run to run with identical
     input, and the files must depend on the input alone. Parallelism is across videos instead.
     """
-    tmp = path.with_name(path.name + ".tmp")
     height, width = frames.shape[1:3]
-    try:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            video = container.add_stream("libx264", rate=fps)
-            video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-            video.codec_context.gop_size = fps
-            video.options = {"preset": "veryfast", "crf": "23", "threads": "1", "x264-params": "mbtree=0:aq-mode=0"}
-            sound = container.add_stream("aac", rate=audio_rate)
-            sound.layout = "mono"
-            sound.codec_context.bit_rate = 64000
-            sound.options = {"aac_coder": "fast"}
-            for i, rgb in enumerate(frames):
-                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-                frame.pts = i
-                container.mux(video.encode(frame))
-            container.mux(video.encode(None))
-            samples = av.AudioFrame.from_ndarray(audio[None, :], format="flt", layout="mono")
-            samples.sample_rate = audio_rate
-            samples.pts = 0
-            container.mux(sound.encode(samples))
-            container.mux(sound.encode(None))
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.codec_context.gop_size = fps
+        video.options = {"preset": "veryfast", "crf": "23", "threads": "1", "x264-params": "mbtree=0:aq-mode=0"}
+        sound = container.add_stream("aac", rate=audio_rate)
+        sound.layout = "mono"
+        sound.codec_context.bit_rate = 64000
+        sound.options = {"aac_coder": "fast"}
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        samples = av.AudioFrame.from_ndarray(audio[None, :], format="flt", layout="mono")
+        samples.sample_rate = audio_rate
+        samples.pts = 0
+        container.mux(sound.encode(samples))
+        container.mux(sound.encode(None))
 
 
 # ---------------------------------------------------------------- the two sets
@@ -471,15 +466,12 @@ def _audio_visual_spans(events: list[TimedEvent], label: str) -> list[tuple[floa
 
 
 def _write_json(path: Path, payload: object) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(payload, indent=1))
 
 
 def _write_tsv(path: Path, table: pl.DataFrame) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    table.write_csv(tmp, separator="\t")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        table.write_csv(tmp, separator="\t")
 
 
 def _eval_format(video_ids: list[str], layouts: Layouts, classes: tuple[str, ...]) -> dict[str, pl.DataFrame]:

@@ -8,7 +8,6 @@ freed with its last reference and renders through the Agg canvas to PNG.
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+
+from uwav.atomic import write_bytes_atomic
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DEFAULT_DPI = 110
@@ -185,20 +186,6 @@ def figure_png(fig: Figure, dpi: int = DEFAULT_DPI) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, facecolor="white")
     return buffer.getvalue()
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` through a temporary file in the same folder and a rename, so that
-    a crash never leaves a half-written file under the final name; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def save_png(fig: Figure, path: str | Path, dpi: int = DEFAULT_DPI) -> Path:

@@ -18,7 +18,8 @@ import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
 
-from uwav.evaluation.plots import PNG_MAGIC, figure_png, timeline_figure, training_curves_figure, write_bytes_atomic
+from uwav.atomic import write_text_atomic
+from uwav.evaluation.plots import PNG_MAGIC, figure_png, timeline_figure, training_curves_figure
 from uwav.evaluation.protocol import SCORE_KEYS
 
 Style = Literal["text", "markdown"]
@@ -298,4 +299,4 @@ def write_html_report(
         + "\n".join(parts)
         + "\n</body>\n</html>\n"
     )
-    return write_bytes_atomic(path, document.encode("utf-8"))
+    return write_text_atomic(path, document)

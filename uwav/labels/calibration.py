@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from uwav.atomic import write_text_atomic
 from uwav.contracts import MODALITIES
 from uwav.errors import InvalidInputError
 
@@ -67,11 +68,7 @@ class ThresholdSet:
         }
 
     def save(self, path: Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2))
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps(self.to_json(), indent=2))
 
     @classmethod
     def load(cls, path: Path) -> ThresholdSet:

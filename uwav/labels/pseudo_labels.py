@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from uwav.atomic import atomic_path
 from uwav.contracts import MODALITIES
 from uwav.errors import InvalidInputError, MissingInputError
 
@@ -85,12 +86,9 @@ def write_shard(
         arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat), n_classes))
     arrays.append(pa.array([threshold_set_id] * len(rows_video), pa.string()))
     table = pa.Table.from_arrays(arrays, schema=schema)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / shard_name(index)
-    tmp = folder / f".{final.name}.tmp"
-    pq.write_table(table, tmp)
-    tmp.replace(final)
+    final = Path(folder) / shard_name(index)
+    with atomic_path(final) as tmp:
+        pq.write_table(table, tmp)
     return final
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import polars as pl
 
+from uwav.atomic import atomic_path
 from uwav.contracts import n_segments_for_duration
 from uwav.media.decode import MediaError, probe_duration
 from uwav.media.quarantine import QuarantineLog
@@ -57,11 +58,8 @@ def load_probe_cache(path: Path) -> pl.DataFrame:
 def update_probe_cache(path: Path, rows: pl.DataFrame) -> None:
     """Merge new probe results into the cache file (the newest result of a path wins), atomically."""
     merged = pl.concat([load_probe_cache(path), rows.select(list(PROBE_SCHEMA))]).unique("path", keep="last")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    merged.write_parquet(tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        merged.write_parquet(tmp)
 
 
 def unprobed_paths(paths: Sequence[str], cache: pl.DataFrame) -> list[str]:

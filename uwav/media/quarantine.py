@@ -8,7 +8,6 @@ and writes it back: the same problem seen again updates its time instead of addi
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import av
 import polars as pl
 
+from uwav.atomic import atomic_path
 from uwav.contracts import QUARANTINE_SCHEMA, empty_quarantine
 from uwav.errors import InvalidInputError
 from uwav.media.decode import DecodedSegments, MediaError, MediaSource, decode_segments, source_name
@@ -62,16 +62,8 @@ class QuarantineLog:
 
     def write(self, path: str | os.PathLike[str]) -> None:
         """Write the table as Parquet atomically (temporary file in the same folder, then rename)."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             self.to_frame().write_parquet(tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> QuarantineLog:

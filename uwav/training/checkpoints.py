@@ -7,15 +7,15 @@ A checkpoint is a folder holding
   `torch.load(..., weights_only=True)`; inference never needs it;
 - `meta.json`: what the checkpoint is (stage, epoch, model constructor arguments, settings, scores).
 
-Folders are written under a temporary dot-name and renamed into place, so a folder with a final
-name is always complete; a crash leaves at most a dot-folder that `clean_incomplete` removes.
+Folders are written with `uwav.atomic.atomic_dir` (under a temporary dot-name, synced, renamed
+into place), so a folder with a final name is always complete; a crash leaves at most a dot-folder
+that `clean_incomplete` removes, or an old copy that it puts back.
 Per-epoch checkpoints are `epoch_0001`, `epoch_0002`, ...; `best` is a separate folder.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from uwav.atomic import atomic_dir, clean_interrupted
 from uwav.errors import InvalidInputError, MissingInputError
 
 WEIGHTS_FILE = "model.safetensors"
@@ -33,8 +34,6 @@ STATE_FILE = "state.pt"
 META_FILE = "meta.json"
 BEST_NAME = "best"
 _EPOCH_NAME = re.compile(r"^epoch_(\d{4,})$")
-_TEMP_PREFIX = ".tmp-"
-_OLD_PREFIX = ".old-"
 
 
 @dataclass(frozen=True)
@@ -51,53 +50,25 @@ def epoch_dir_name(epoch: int) -> str:
     return f"epoch_{epoch:04d}"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: Path, write: Any) -> None:
-    write(path)
-    with open(path, "rb+") as handle:
-        os.fsync(handle.fileno())
-
-
 def save_checkpoint(
     path: Path,
     model: nn.Module,
     meta: dict[str, Any],
     state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the checkpoint folder `path` atomically (replacing an existing one); returns `path`.
+    """Write the checkpoint folder `path` atomically and durably (replacing an existing one); returns `path`.
 
     `meta` must be JSON-serialisable; `state` (resume state) must hold only what
     `torch.load(weights_only=True)` accepts.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.parent / f"{_TEMP_PREFIX}{path.name}-{os.getpid()}"
-    if temp.exists():
-        shutil.rmtree(temp)
-    temp.mkdir()
     # Copies on CPU: safetensors refuses shared or non-contiguous storage.
     weights = {name: tensor.detach().to("cpu", copy=True).contiguous() for name, tensor in model.state_dict().items()}
-    _write_file(temp / WEIGHTS_FILE, lambda p: save_file(weights, str(p), metadata={"format": "pt"}))
-    if state is not None:
-        _write_file(temp / STATE_FILE, lambda p: torch.save(state, p))
-    _write_file(temp / META_FILE, lambda p: p.write_text(json.dumps(meta, indent=2, sort_keys=True)))
-    _fsync_dir(temp)
-    if path.exists():
-        # Replacing: move the old folder aside first; `clean_incomplete` restores it if we crash here.
-        old = path.parent / f"{_OLD_PREFIX}{path.name}-{os.getpid()}"
-        os.rename(path, old)
-        os.rename(temp, path)
-        shutil.rmtree(old)
-    else:
-        os.rename(temp, path)
-    _fsync_dir(path.parent)
+    with atomic_dir(path, durable=True) as temp:
+        save_file(weights, str(temp / WEIGHTS_FILE), metadata={"format": "pt"})
+        if state is not None:
+            torch.save(state, temp / STATE_FILE)
+        (temp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
     return path
 
 
@@ -133,19 +104,8 @@ def load_weights_into(model: nn.Module, path: Path) -> nn.Module:
 
 
 def clean_incomplete(directory: Path) -> None:
-    """Remove half-written temporary folders; put back an old folder whose replacement never landed."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return
-    for entry in sorted(directory.iterdir()):
-        if entry.name.startswith(_OLD_PREFIX):
-            final = directory / entry.name[len(_OLD_PREFIX) :].rsplit("-", 1)[0]
-            if final.exists():
-                shutil.rmtree(entry)
-            else:
-                os.rename(entry, final)
-        elif entry.name.startswith(_TEMP_PREFIX):
-            shutil.rmtree(entry)
+    """Remove half-written checkpoint folders; put back an old folder whose replacement never landed."""
+    clean_interrupted(directory)
 
 
 def epoch_checkpoints(directory: Path) -> list[tuple[int, Path]]:
