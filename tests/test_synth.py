@@ -1,5 +1,6 @@
 """The synthetic benchmark: media files and annotations (uwav.datasets.synth_media), feature vectors
-(uwav.datasets.synth_features), and the shared layout code (uwav.datasets.synth)."""
+(uwav.datasets.synth_features) and their import into the feature store (uwav.features.synthetic),
+the shared layout code (uwav.datasets.synth) and the entry point (uwav.datasets.synthesize)."""
 
 from __future__ import annotations
 
@@ -25,14 +26,12 @@ from uwav.datasets.synth import (
     derived_rng,
     event_runs,
     sample_layouts,
-    synth_main,
 )
 from uwav.datasets.synth_features import (
     FEATURE_SPACES,
     FeatureDifficulty,
     SyntheticFeatureBenchmark,
     SyntheticFeatureSet,
-    import_into_store,
     make_feature_benchmark,
 )
 from uwav.datasets.synth_media import (
@@ -47,8 +46,10 @@ from uwav.datasets.synth_media import (
     render_frames,
     write_media_benchmark,
 )
+from uwav.datasets.synthesize import synth_main
 from uwav.features.official import RESNET_MEAN_NAME
 from uwav.features.store import FeatureStore, FeatureStoreError
+from uwav.features.synthetic import import_into_store
 from uwav.contracts import text_embedding_name
 
 ID11 = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{10}$")

@@ -44,7 +44,7 @@ def dataset_name(catalog: Catalog, role: Role) -> str:
 
 def ensure_synthetic(catalog: Catalog, config: DatasetConfig) -> Path:
     """Generate a synthetic dataset into its `annotations` folder unless it is already complete."""
-    from uwav.datasets.synth import synth_main
+    from uwav.datasets.synthesize import synth_main
 
     assert config.synthetic is not None
     root = Path(catalog.resolve(config.annotations) or "")

@@ -1,6 +1,6 @@
-"""Synthetic audio-visual benchmark: shared parts (video ids, event layouts, dense tables) and the CLI entry.
+"""Synthetic audio-visual benchmark: the parts its generators share (video ids, event layouts, dense tables).
 
-Two generators build on this module, both deterministic by seed:
+Two generators build on this module, both deterministic by seed (`uwav.datasets.synthesize` runs either):
 - `uwav.datasets.synth_media.write_media_benchmark`: real MP4 files (H.264 + AAC) with an UnAV-like
   pre-training set and an LLP-like target set, in those datasets' annotation formats;
 - `uwav.datasets.synth_features.make_feature_benchmark`: per-segment feature vectors at LLP scale,
@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import string
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import polars as pl
@@ -278,52 +276,3 @@ def split_counts(n: int, fractions: tuple[float, float, float] = (0.7, 0.15, 0.1
     val = max(1, round(n * fractions[1])) if n >= 3 else 0
     test = max(1, round(n * fractions[2])) if n >= 3 else 0
     return n - val - test, val, test
-
-
-# ---------------------------------------------------------------- CLI entry
-
-
-def synth_main(
-    mode: Literal["media", "features"],
-    out: Path,
-    seed: int = 0,
-    *,
-    n_pretrain: int | None = None,
-    n_train: int | None = None,
-    n_val: int | None = None,
-    n_test: int | None = None,
-    workers: int | None = None,
-    layouts_from: Path | None = None,
-    target_layout: Task = "llp",
-) -> Path:
-    """`uwav synth`: write a synthetic benchmark to `out`; sizes left as None take the mode's defaults.
-
-    target_layout: how the target set's events are laid out (`TARGET_LAYOUTS`). Returns the folder
-    written. Each mode imports its generator here, so that the feature mode never loads PyAV.
-    """
-    if target_layout not in TARGET_LAYOUTS:
-        raise ValueError(f"unknown target layout {target_layout!r}: expected one of {sorted(TARGET_LAYOUTS)}")
-    if layouts_from is not None and target_layout != "llp":
-        raise ValueError("--layouts-from draws LLP layouts from real labels; it cannot be combined with another target layout")
-    sizes = {
-        name: value
-        for name, value in (("n_pretrain", n_pretrain), ("n_train", n_train), ("n_val", n_val), ("n_test", n_test))
-        if value is not None
-    }
-    if mode == "media":
-        if layouts_from is not None:
-            raise ValueError("--layouts-from is only used by --mode features")
-        from uwav.datasets.synth_media import write_media_benchmark
-
-        return write_media_benchmark(
-            out, seed=seed, workers=workers, target_layout=TARGET_LAYOUTS[target_layout], **sizes
-        ).root
-    if mode == "features":
-        from uwav.datasets.synth_features import make_feature_benchmark
-
-        benchmark = make_feature_benchmark(
-            seed=seed, layouts_from=layouts_from, workers=workers, target_layout=TARGET_LAYOUTS[target_layout], **sizes
-        )
-        benchmark.save(out)
-        return out
-    raise ValueError(f"unknown synth mode {mode!r}: expected 'media' or 'features'")

@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import polars as pl
@@ -55,13 +55,9 @@ from uwav.datasets.synth import (
     draw_video_ids,
     sample_layouts,
     split_counts,
-    stable_hash,
     weak_label_lists,
 )
 from uwav.errors import InvalidInputError, MissingInputError
-
-if TYPE_CHECKING:
-    from uwav.features.store import FeatureStore
 
 FORMAT_VERSION = 1
 DATASET_NAME = "synthetic"
@@ -497,61 +493,3 @@ def make_feature_benchmark(
         ),
         settings=json.loads(json.dumps(settings)),
     )
-
-
-# ---------------------------------------------------------------- into the feature store
-
-
-def _write_videos(
-    store: FeatureStore, part: SyntheticFeatureSet, names: dict[str, str], rows: list[int], workers: int
-) -> None:
-    video_ids = part.manifest["video_id"]
-
-    def write(row: int) -> None:
-        length = int(part.lengths[row])
-        features = {names[space]: np.asarray(array[row, :length]) for space, array in part.features.items()}
-        store.write_video(video_ids[row], features)
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(write, rows))
-
-
-def import_into_store(root: Path, store: FeatureStore, *, workers: int = 4) -> dict[str, int]:
-    """Copy a saved benchmark's features and text embeddings into a feature store (the features
-    stage with `source: synthetic`); returns counts of imported and already complete videos.
-
-    Features keep their space names, except ResNet-152, stored as the official import's
-    segment-mean feature. Text embeddings go under `uwav.contracts.text_embedding_name(space, role)`
-    with the class names as prompts. Videos complete in the store are skipped. Encoder identities
-    carry a digest of the benchmark's settings: a store filled from another benchmark refuses the
-    import (FeatureStoreError) rather than mixing the two.
-    """
-    from uwav.features.official import RESNET_MEAN_NAME
-    from uwav.contracts import text_embedding_name
-
-    benchmark = SyntheticFeatureBenchmark.load(root)
-    digest = f"{stable_hash(json.dumps(benchmark.settings, sort_keys=True)):016x}"
-    store_names = {"resnet152": RESNET_MEAN_NAME}
-    metrics: dict[str, int] = {}
-    for role, part in (("target", benchmark.target), ("pretrain", benchmark.pretrain)):
-        names = {space: store_names.get(space, space) for space in part.features}
-        video_ids = part.manifest["video_id"].to_list()
-        todo: list[int] = []
-        if names:  # a set generated without features has only text embeddings to import
-            known = set(names.values()) <= set(store.feature_names())
-            complete = store.completed(list(names.values())) if known else set()
-            todo = [row for row, video_id in enumerate(video_ids) if video_id not in complete]
-            store.allocate(
-                [video_ids[row] for row in todo],
-                part.lengths[todo].tolist(),
-                {names[space]: array.shape[2:] for space, array in part.features.items()},
-                encoder_identities={names[space]: f"uwav-synth/{space}/{digest}" for space in part.features},
-            )
-            _write_videos(store, part, names, todo, workers)
-        for space, embeddings in part.text_embeddings.items():
-            store.write_text_embeddings(
-                text_embedding_name(space, role), list(part.classes), embeddings, f"uwav-synth/{space}/{digest}"
-            )
-        metrics[f"{role}_imported"] = len(todo)
-        metrics[f"{role}_already_complete"] = len(video_ids) - len(todo) if names else 0
-    return metrics

@@ -1,0 +1,59 @@
+"""`uwav synth`: write either synthetic benchmark (`uwav.datasets.synth_media`, `uwav.datasets.synth_features`).
+
+Kept apart from `uwav.datasets.synth`, which both generators import, so that no module imports one
+that imports it back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from uwav.catalog import Task
+from uwav.datasets.synth import TARGET_LAYOUTS
+
+
+def synth_main(
+    mode: Literal["media", "features"],
+    out: Path,
+    seed: int = 0,
+    *,
+    n_pretrain: int | None = None,
+    n_train: int | None = None,
+    n_val: int | None = None,
+    n_test: int | None = None,
+    workers: int | None = None,
+    layouts_from: Path | None = None,
+    target_layout: Task = "llp",
+) -> Path:
+    """`uwav synth`: write a synthetic benchmark to `out`; sizes left as None take the mode's defaults.
+
+    target_layout: how the target set's events are laid out (`TARGET_LAYOUTS`). Returns the folder
+    written. Each mode imports its generator here, so that the feature mode never loads PyAV.
+    """
+    if target_layout not in TARGET_LAYOUTS:
+        raise ValueError(f"unknown target layout {target_layout!r}: expected one of {sorted(TARGET_LAYOUTS)}")
+    if layouts_from is not None and target_layout != "llp":
+        raise ValueError("--layouts-from draws LLP layouts from real labels; it cannot be combined with another target layout")
+    sizes = {
+        name: value
+        for name, value in (("n_pretrain", n_pretrain), ("n_train", n_train), ("n_val", n_val), ("n_test", n_test))
+        if value is not None
+    }
+    if mode == "media":
+        if layouts_from is not None:
+            raise ValueError("--layouts-from is only used by --mode features")
+        from uwav.datasets.synth_media import write_media_benchmark
+
+        return write_media_benchmark(
+            out, seed=seed, workers=workers, target_layout=TARGET_LAYOUTS[target_layout], **sizes
+        ).root
+    if mode == "features":
+        from uwav.datasets.synth_features import make_feature_benchmark
+
+        benchmark = make_feature_benchmark(
+            seed=seed, layouts_from=layouts_from, workers=workers, target_layout=TARGET_LAYOUTS[target_layout], **sizes
+        )
+        benchmark.save(out)
+        return out
+    raise ValueError(f"unknown synth mode {mode!r}: expected 'media' or 'features'")
