@@ -96,7 +96,7 @@ from uwav.labels import ThresholdSet, calibrate_thresholds
 from uwav.models.plg import AudioVisualPLG
 from uwav.training.data import HanFeatures, HanTrainData, LabelledSplit, PretrainData
 from uwav.training.han_train import ABLATION_COLUMNS, ABLATION_VARIANTS, ave_settings, format_ablation, run_ablation
-from uwav.training.losses import binary_pseudo_labels, soft_pseudo_labels
+from uwav.labels.rules import binary_pseudo_labels, soft_pseudo_labels
 from uwav.training.pretrain import predict_plg, pretrain_plg
 
 DEFAULT_LLP_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "llp"

@@ -52,7 +52,7 @@ from uwav.catalog import HanSettings, TrainSettings
 from uwav.devices import autocast, resolve_device
 from uwav.models.han import HAN
 from uwav.training.data import HanFeatures, HanTrainData, LabelledSplit, average_frames
-from uwav.training.han_train import class_balance_for, han_model_config, train_han
+from uwav.training.han_train import class_balance_for, train_han
 from uwav.training.loops import TrainingRun
 from uwav.training.losses import UWAVLoss
 
@@ -207,7 +207,7 @@ def naive_epoch_s(
     found = {}
     for name, (dataset, model_class) in datasets.items():
         loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, num_workers=0, generator=torch.Generator().manual_seed(0))
-        model = model_class(**han_model_config(settings, data.n_classes, data.train.widths))
+        model = model_class.from_settings(settings.han, data.n_classes, *data.train.widths)
         with training_step(model, data, settings, device, len(loader)) as step:
             found[name] = timed_epoch_s(step, iter(loader), device, n_batches, len(loader))
     return found
@@ -217,7 +217,7 @@ def math_epoch_s(data: HanTrainData, settings: TrainSettings, device: torch.devi
     """Our model math alone: one pre-built batch on the device, stepped `n_batches` times, extrapolated to `steps`."""
     tensors = {**data.train.tensors(), "video_labels": data.video_labels, "soft_labels": data.soft_labels}
     batch = {name: tensor[: settings.batch_size].to(device) for name, tensor in tensors.items()}
-    model = HAN(**han_model_config(settings, data.n_classes, data.train.widths))
+    model = HAN.from_settings(settings.han, data.n_classes, *data.train.widths)
     with training_step(model, data, settings, device, steps) as step:
         return timed_epoch_s(step, repeated(batch), device, n_batches, steps)
 

@@ -10,19 +10,18 @@ import torch
 from torch import Tensor
 
 from uwav.catalog import TrainSettings
+from uwav.labels.rules import binary_pseudo_labels, soft_pseudo_labels
 from uwav.models import HANOutput
 from uwav.training.losses import (
     ClassBalanceWeights,
     UWAVLoss,
-    binary_pseudo_labels,
     class_balance_weights,
     guided_video_loss,
     mix,
-    plg_loss,
     sample_mixup_pairing,
-    soft_pseudo_labels,
     video_loss,
 )
+from uwav.training.pretrain import plg_loss
 
 
 def sig(x: float) -> float:

@@ -36,7 +36,7 @@ from uwav.training.han_train import (
     run_ablation,
     train_han,
 )
-from uwav.training.losses import plg_loss
+from uwav.training.pretrain import plg_loss
 from uwav.training.pretrain import trim_to_longest, load_plg, predict_plg, pretrain_plg
 from uwav.training.schedule import WarmupCosine
 

@@ -102,6 +102,11 @@ class HAN(nn.Module):
                 "set stages.train.han.heads to a divisor of d_model"
             )
         self.n_classes = n_classes
+        # The constructor arguments: checkpoints store them, and `load_han` rebuilds the model from them.
+        self.config = {
+            "n_classes": n_classes, "audio_dim": audio_dim, "visual2d_dim": visual2d_dim, "visual3d_dim": visual3d_dim,
+            "d_model": d_model, "ffn": ffn, "heads": heads, "layers": layers, "dropout": dropout,
+        }
         self.fc_a = nn.Linear(audio_dim, d_model)
         self.fc_v = nn.Linear(visual2d_dim, d_model)
         self.fc_st = nn.Linear(visual3d_dim, d_model)
@@ -115,6 +120,7 @@ class HAN(nn.Module):
     def from_settings(
         cls, settings: HanSettings, n_classes: int, audio_dim: int, visual2d_dim: int, visual3d_dim: int
     ) -> HAN:
+        """The HAN the catalog's `stages.train.han` describes: how training builds it."""
         return cls(
             n_classes=n_classes,
             audio_dim=audio_dim,

@@ -93,11 +93,17 @@ class AudioVisualPLG(nn.Module):
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
+        # The constructor arguments: checkpoints store them, and `load_plg` rebuilds the model from them.
+        self.config = {
+            "visual_dim": visual_dim, "audio_dim": audio_dim, "layers": layers, "heads": heads,
+            "ffn_multiplier": ffn_multiplier, "dropout": dropout,
+        }
         self.visual = TemporalPseudoLabelGenerator(visual_dim, layers, heads, ffn_multiplier, dropout)
         self.audio = TemporalPseudoLabelGenerator(audio_dim, layers, heads, ffn_multiplier, dropout)
 
     @classmethod
     def from_settings(cls, settings: PretrainSettings, visual_dim: int, audio_dim: int) -> AudioVisualPLG:
+        """The generator the catalog's `stages.pretrain` describes: how stage 1 builds it."""
         return cls(visual_dim, audio_dim, settings.layers, settings.heads, settings.ffn_multiplier, settings.dropout)
 
     def forward(

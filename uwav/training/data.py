@@ -46,6 +46,13 @@ def padding_mask_from_lengths(lengths: Tensor, n_segments: int) -> Tensor:
     return torch.arange(n_segments, device=lengths.device)[None, :] >= lengths[:, None]
 
 
+def real_segments(padding_mask: Tensor | None, like: Tensor) -> Tensor:
+    """(B, T) float32, 1 for real segments and 0 for padded ones (all 1 without a mask); `like` gives B, T and the device."""
+    if padding_mask is None:
+        return torch.ones(like.shape[:2], dtype=torch.float32, device=like.device)
+    return (~padding_mask).to(torch.float32)
+
+
 def _check_rows(name: str, tensor: Tensor, n: int) -> None:
     if tensor.shape[0] != n:
         raise ValueError(f"{name}: expected {n} videos on the first axis, got shape {tuple(tensor.shape)}")
@@ -170,7 +177,7 @@ class HanFeatures:
 
 @dataclass(frozen=True)
 class LabelledSplit:
-    """Features of a split with dense ground truth: gt_audio / gt_visual bool (N, C, T), as
+    """Features of a split with dense ground truth: gt_audio / gt_visual bool (N, T, C), as
     `uwav.evaluation.dense_to_arrays` returns them."""
 
     features: HanFeatures
@@ -181,16 +188,16 @@ class LabelledSplit:
     def from_arrays(cls, features: HanFeatures, gt_audio: np.ndarray, gt_visual: np.ndarray) -> LabelledSplit:
         audio, visual = np.asarray(gt_audio, dtype=bool), np.asarray(gt_visual, dtype=bool)
         if audio.ndim != 3 or audio.shape != visual.shape:
-            raise ValueError(f"gt_audio / gt_visual: expected two (videos, classes, segments) arrays, got {audio.shape} and {visual.shape}")
-        if (audio.shape[0], audio.shape[2]) != (features.n_videos, features.n_segments):
+            raise ValueError(f"gt_audio / gt_visual: expected two (videos, segments, classes) arrays, got {audio.shape} and {visual.shape}")
+        if audio.shape[:2] != (features.n_videos, features.n_segments):
             raise ValueError(
-                f"gt_audio: expected ({features.n_videos}, C, {features.n_segments}) to match the features, got {audio.shape}"
+                f"gt_audio: expected ({features.n_videos}, {features.n_segments}, C) to match the features, got {audio.shape}"
             )
         return cls(features, audio, visual)
 
     @property
     def n_classes(self) -> int:
-        return self.gt_audio.shape[1]
+        return self.gt_audio.shape[2]
 
 
 @dataclass(frozen=True)

@@ -68,23 +68,6 @@ class TrainResult:
     best_score: float
 
 
-def han_model_config(settings: TrainSettings, n_classes: int, widths: tuple[int, int, int]) -> dict[str, Any]:
-    """`HAN` constructor arguments (stored in checkpoints, so `load_han` rebuilds the model); widths = (audio, visual2d, visual3d)."""
-    han = settings.han
-    audio_dim, visual2d_dim, visual3d_dim = widths
-    return {
-        "n_classes": n_classes,
-        "audio_dim": audio_dim,
-        "visual2d_dim": visual2d_dim,
-        "visual3d_dim": visual3d_dim,
-        "d_model": han.d_model,
-        "ffn": han.ffn,
-        "heads": han.heads,
-        "layers": han.layers,
-        "dropout": han.dropout,
-    }
-
-
 def class_balance_for(data: HanTrainData, settings: TrainSettings) -> tuple[ClassBalanceWeights | None, ClassBalanceWeights | None]:
     """Eq. 18-19 per modality over the whole training set (None when re-weighting is off)."""
     if not settings.reweight:
@@ -115,9 +98,8 @@ def predict_han(
 
 
 def llp_decisions(segment_prob: np.ndarray, video_prob: np.ndarray, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """The test-time rule on HAN outputs: (pred_audio, pred_visual) bool (N, C, T)."""
-    by_class = segment_prob.transpose(0, 2, 3, 1)  # (N, 2, C, T)
-    return decide(by_class[:, AUDIO], by_class[:, VISUAL], video_prob, threshold)
+    """The test-time rule on HAN outputs: (pred_audio, pred_visual) bool (N, T, C)."""
+    return decide(segment_prob[:, :, AUDIO], segment_prob[:, :, VISUAL], video_prob, threshold)
 
 
 def ave_predictions(segment_prob: np.ndarray, video_prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -134,38 +116,65 @@ def ave_predictions(segment_prob: np.ndarray, video_prob: np.ndarray, threshold:
 
 
 def ave_targets(gt_audio: np.ndarray, gt_visual: np.ndarray) -> np.ndarray:
-    """AVE ground-truth classes (N, T) int64 from dense labels (N, C, T): the audio-visual class, C = background.
+    """AVE ground-truth classes (N, T) int64 from dense labels (N, T, C): the audio-visual class, C = background.
 
     Raises ValueError naming the video index when a segment has two audio-visual classes (AVE has one event per video).
     """
-    both = np.asarray(gt_audio, bool) & np.asarray(gt_visual, bool)  # (N, C, T)
-    count = both.sum(axis=1)
+    both = np.asarray(gt_audio, bool) & np.asarray(gt_visual, bool)
+    count = both.sum(axis=-1)
     if (count > 1).any():
         video = int(np.argwhere(count > 1)[0, 0])
         raise ValueError(f"AVE ground truth: video index {video} has a segment with several audio-visual classes")
-    return np.where(count == 1, both.argmax(axis=1), both.shape[1]).astype(np.int64)
+    return np.where(count == 1, both.argmax(axis=-1), both.shape[-1]).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class HanEvaluation:
+    """A HAN scored on a labelled split: `scores` (percent, `uwav.evaluation.SCORE_KEYS`, plus
+    `ave_accuracy` for AVE), the model's outputs (`predict_han`) and its decisions (N, T, C),
+    padded segments negative."""
+
+    scores: dict[str, float]
+    segment_prob: np.ndarray
+    video_prob: np.ndarray
+    pred_audio: np.ndarray
+    pred_visual: np.ndarray
+
+
+def score_han(
+    model: HAN,
+    split: LabelledSplit,
+    task: Task = "llp",
+    *,
+    threshold: float = 0.5,
+    batch_size: int = PREDICT_BATCH_SIZE,
+    precision: Precision = "fp32",
+) -> HanEvaluation:
+    """The one scoring path of a HAN, for validation during training and the evaluate stage alike.
+
+    Padded segments are predicted negative (a padded segment predicted positive would otherwise
+    count as a false positive); AVE accuracy counts every segment and so refuses padded videos.
+    """
+    features = split.features
+    if task == "ave" and features.lengths is not None:
+        raise ValueError("score_han: AVE accuracy needs videos of equal length (the split has padded videos)")
+    segment_prob, video_prob = predict_han(model, features, batch_size=batch_size, precision=precision)
+    pred_audio, pred_visual = llp_decisions(segment_prob, video_prob, threshold)
+    if features.lengths is not None:
+        real = ~padding_mask_from_lengths(features.lengths, features.n_segments).numpy()[:, :, None]
+        pred_audio, pred_visual = pred_audio & real, pred_visual & real
+    scores = avvp_scores(pred_audio, pred_visual, split.gt_audio, split.gt_visual)
+    if task == "ave":
+        predicted = ave_predictions(segment_prob, video_prob, threshold)
+        scores["ave_accuracy"] = ave_accuracy(predicted, ave_targets(split.gt_audio, split.gt_visual))
+    return HanEvaluation(scores, segment_prob, video_prob, pred_audio, pred_visual)
 
 
 def evaluate_han(
     model: HAN, split: LabelledSplit, task: Task = "llp", *, batch_size: int = PREDICT_BATCH_SIZE, precision: Precision = "fp32"
 ) -> dict[str, float]:
-    """LLP-protocol scores (percent, `uwav.evaluation.SCORE_KEYS`) plus `ave_accuracy` for task 'ave'.
-
-    Padded segments are predicted negative (F1 counts no true negatives, so they change nothing);
-    AVE accuracy counts every segment and so refuses padded videos.
-    """
-    features = split.features
-    if task == "ave" and features.lengths is not None:
-        raise ValueError("evaluate_han: AVE accuracy needs videos of equal length (the split has padded videos)")
-    segment_prob, video_prob = predict_han(model, features, batch_size=batch_size, precision=precision)
-    pred_audio, pred_visual = llp_decisions(segment_prob, video_prob)
-    if features.lengths is not None:
-        real = ~padding_mask_from_lengths(features.lengths, features.n_segments).numpy()[:, None, :]
-        pred_audio, pred_visual = pred_audio & real, pred_visual & real
-    scores = avvp_scores(pred_audio, pred_visual, split.gt_audio, split.gt_visual)
-    if task == "ave":
-        scores["ave_accuracy"] = ave_accuracy(ave_predictions(segment_prob, video_prob), ave_targets(split.gt_audio, split.gt_visual))
-    return scores
+    """The scores of `score_han` at the 0.5 threshold (validation and the ablation grid)."""
+    return score_han(model, split, task, batch_size=batch_size, precision=precision).scores
 
 
 def train_han(
@@ -191,16 +200,6 @@ def train_han(
     if task not in ("llp", "ave"):
         raise ValueError(f"train_han: task must be 'llp' or 'ave', got {task!r}")
     device = resolve_device(settings.device)
-    config = han_model_config(settings, data.n_classes, data.train.widths)
-    identity = {
-        "stage": STAGE,
-        "task": task,
-        "model": config,
-        "settings": settings_for_meta(settings),
-        "segment_loss": segment_loss,
-        "feature_dtype": str(feature_dtype),
-        "data": {"n_train": data.train.n_videos, "n_val": data.val.features.n_videos, "n_segments": data.train.n_segments},
-    }
     audio_weights, visual_weights = class_balance_for(data, settings)
     criterion = UWAVLoss.from_settings(settings, audio_weights, visual_weights, segment_loss=segment_loss).to(device)
     tensors = {**data.train.tensors(), "video_labels": data.video_labels}
@@ -212,7 +211,16 @@ def train_han(
     score_key = "val_ave_accuracy" if task == "ave" else "val_seg_type"
 
     with seeded(settings.seed, device):
-        model = HAN(**config).to(device)
+        model = HAN.from_settings(settings.han, data.n_classes, *data.train.widths).to(device)
+        identity = {
+            "stage": STAGE,
+            "task": task,
+            "model": model.config,
+            "settings": settings_for_meta(settings),
+            "segment_loss": segment_loss,
+            "feature_dtype": str(feature_dtype),
+            "data": {"n_train": data.train.n_videos, "n_val": data.val.features.n_videos, "n_segments": data.train.n_segments},
+        }
         # Checkpoints and validation use `model` itself; only the training forward runs compiled.
         forward = torch.compile(model) if settings.compile else model
         shuffle = torch.Generator().manual_seed(settings.seed + 1)

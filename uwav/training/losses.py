@@ -1,4 +1,5 @@
-"""Losses of both training stages and the pseudo-labels they learn from (METHOD.md).
+"""Stage-2 losses: the UWAV losses of the HAN (METHOD.md "Stage 2"). Stage 1's loss is
+`uwav.training.pretrain.plg_loss`; the pseudo-labels are `uwav.labels.rules`.
 
 Shapes: B videos, T segments, C classes, d feature width. Every `padding_mask` is (B, T) bool with
 True marking a padded segment; padded segments never enter a loss. Every stage-2 tensor with a
@@ -21,61 +22,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from uwav.catalog import TrainSettings
+from uwav.labels.rules import per_segment
 from uwav.models.han import HANOutput
+from uwav.training.data import real_segments
 
 # The reference clamps the video probability before its BCE (VALOR / AVVP-ECCV20 training loops).
 VIDEO_PROB_EPS = 1e-7
 # The reference HAN's label smoothing in guided learning, (audio, visual): target = s * y + (1 - s) / 2.
 GUIDED_SMOOTHING = (1.0, 0.9)
-
-
-def _real_segments(padding_mask: Tensor | None, like: Tensor) -> Tensor:
-    """(B, T) float, 1 for real segments."""
-    if padding_mask is None:
-        return torch.ones(like.shape[:2], dtype=torch.float32, device=like.device)
-    return (~padding_mask).to(torch.float32)
-
-
-def _per_segment(video_labels: Tensor, like: Tensor) -> Tensor:
-    """Video labels (B, C) reshaped to broadcast against `like` (B, T, [...,] C)."""
-    return video_labels.reshape(video_labels.shape[0], *([1] * (like.dim() - 2)), video_labels.shape[-1])
-
-
-# ---------------------------------------------------------------- stage 1
-
-
-def plg_loss(
-    visual_logits: Tensor,
-    audio_logits: Tensor,
-    segment_labels: Tensor,
-    padding_mask: Tensor | None = None,
-) -> Tensor:
-    """Stage-1 loss `BCE(p^v * p^a, y')`, mean over real (video, segment, class) elements.
-
-    Logits and labels are (B, T, C). Computed in log space for stability:
-    `log p^av = logsig(z^v) + logsig(z^a)` and
-    `log(1 - p^av) = log((1 - p^v) + p^v (1 - p^a)) = logaddexp(logsig(-z^v), logsig(z^v) + logsig(-z^a))`.
-    """
-    zv, za, y = visual_logits.float(), audio_logits.float(), segment_labels.float()
-    log_pv = F.logsigmoid(zv)
-    log_p = log_pv + F.logsigmoid(za)
-    log_not_p = torch.logaddexp(F.logsigmoid(-zv), log_pv + F.logsigmoid(-za))
-    bce = -(y * log_p + (1.0 - y) * log_not_p)
-    real = _real_segments(padding_mask, bce)
-    return (bce * real[..., None]).sum() / (real.sum() * bce.shape[-1])
-
-
-# ---------------------------------------------------------------- pseudo-labels (eq. 10, 12)
-
-
-def binary_pseudo_labels(logits: Tensor, thresholds: Tensor, video_labels: Tensor) -> Tensor:
-    """Eq. 10: `y^_t = 1[z_t > theta] * y`. logits (B, T, C), thresholds (C,), video_labels (B, C)."""
-    return (logits > thresholds).to(logits.dtype) * _per_segment(video_labels, logits).to(logits.dtype)
-
-
-def soft_pseudo_labels(logits: Tensor, thresholds: Tensor, video_labels: Tensor) -> Tensor:
-    """Eq. 12: `p^_t = sigmoid(z_t - theta) * y`. logits (B, T, C), thresholds (C,), video_labels (B, C)."""
-    return torch.sigmoid(logits - thresholds) * _per_segment(video_labels, logits).to(logits.dtype)
 
 
 # ---------------------------------------------------------------- class-balanced weights (eq. 17-19)
@@ -312,7 +266,7 @@ class UWAVLoss(nn.Module):
                 f"UWAVLoss: pseudo-labels {tuple(targets.shape)} do not match segment logits "
                 f"{tuple(output.segment_logits.shape)} (B, T, 2 modalities, C)"
             )
-        real = _real_segments(padding_mask, targets)  # (B, T)
+        real = real_segments(padding_mask, targets)  # (B, T)
         n_real_elements = real.sum() * targets.shape[-1]
 
         segment = zero
@@ -320,7 +274,7 @@ class UWAVLoss(nn.Module):
             bce = F.binary_cross_entropy_with_logits(output.segment_logits.float(), targets, reduction="none")
             if self.reweight:
                 if self.reweight_mask == "video_label":
-                    mask = _per_segment(video_labels.float(), targets)
+                    mask = per_segment(video_labels.float(), targets)
                 else:
                     mask = binary_labels.float()
                 w_pos, w_neg = self.w_pos.to(bce.device), self.w_neg.to(bce.device)

@@ -16,13 +16,15 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 from uwav.catalog import Precision, PretrainSettings
 from uwav.devices import autocast
 from uwav.errors import InvalidInputError
 from uwav.models.plg import AudioVisualPLG
 from uwav.training.checkpoints import load_checkpoint, load_weights_into
-from uwav.training.data import InMemoryBatches, PretrainData, padding_mask_from_lengths, plg_inputs
+from uwav.training.data import InMemoryBatches, PretrainData, padding_mask_from_lengths, plg_inputs, real_segments
 from uwav.training.loops import (
     DEFAULT_KEEP_EPOCH_CHECKPOINTS,
     EpochCallback,
@@ -32,7 +34,6 @@ from uwav.training.loops import (
     seeded,
     settings_for_meta,
 )
-from uwav.training.losses import plg_loss
 
 STAGE = "pretrain"
 
@@ -46,15 +47,25 @@ class PretrainResult:
     checkpoint: Path
 
 
-def _model_config(settings: PretrainSettings, visual_dim: int, audio_dim: int) -> dict[str, Any]:
-    return {
-        "visual_dim": visual_dim,
-        "audio_dim": audio_dim,
-        "layers": settings.layers,
-        "heads": settings.heads,
-        "ffn_multiplier": settings.ffn_multiplier,
-        "dropout": settings.dropout,
-    }
+def plg_loss(
+    visual_logits: Tensor,
+    audio_logits: Tensor,
+    segment_labels: Tensor,
+    padding_mask: Tensor | None = None,
+) -> Tensor:
+    """Stage-1 loss `BCE(p^v * p^a, y')`, mean over real (video, segment, class) elements.
+
+    Logits and labels are (B, T, C). Computed in log space for stability:
+    `log p^av = logsig(z^v) + logsig(z^a)` and
+    `log(1 - p^av) = log((1 - p^v) + p^v (1 - p^a)) = logaddexp(logsig(-z^v), logsig(z^v) + logsig(-z^a))`.
+    """
+    zv, za, y = visual_logits.float(), audio_logits.float(), segment_labels.float()
+    log_pv = F.logsigmoid(zv)
+    log_p = log_pv + F.logsigmoid(za)
+    log_not_p = torch.logaddexp(F.logsigmoid(-zv), log_pv + F.logsigmoid(-za))
+    bce = -(y * log_p + (1.0 - y) * log_not_p)
+    real = real_segments(padding_mask, bce)
+    return (bce * real[..., None]).sum() / (real.sum() * bce.shape[-1])
 
 
 def trim_to_longest(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -83,13 +94,6 @@ def pretrain_plg(
     """
     device = resolve_device(settings.device)
     visual_dim, audio_dim = data.visual.shape[2], data.audio.shape[2]
-    config = _model_config(settings, visual_dim, audio_dim)
-    identity = {
-        "stage": STAGE,
-        "model": config,
-        "settings": settings_for_meta(settings),
-        "data": {"n_videos": data.n_videos, "n_segments": data.visual.shape[1], "n_classes": data.segment_labels.shape[2]},
-    }
     batches = InMemoryBatches(
         {"visual": data.visual, "audio": data.audio, "segment_labels": data.segment_labels, "lengths": data.lengths},
         settings.batch_size,
@@ -97,7 +101,13 @@ def pretrain_plg(
     )
     visual_text, audio_text = data.visual_text.to(device), data.audio_text.to(device)
     with seeded(settings.seed, device):
-        model = AudioVisualPLG(**config).to(device)
+        model = AudioVisualPLG.from_settings(settings, visual_dim, audio_dim).to(device)
+        identity = {
+            "stage": STAGE,
+            "model": model.config,
+            "settings": settings_for_meta(settings),
+            "data": {"n_videos": data.n_videos, "n_segments": data.visual.shape[1], "n_classes": data.segment_labels.shape[2]},
+        }
         shuffle = torch.Generator().manual_seed(settings.seed + 1)
         run = TrainingRun(
             model=model,
