@@ -21,22 +21,11 @@ from prefect.context import TaskRunContext
 from prefect.filesystems import LocalFileSystem
 
 from uwav.catalog import Catalog, load_catalog
-from uwav.stages import (
-    STAGES,
-    cache_probe_results,
-    compute_feature_shard,
-    compute_fingerprints,
-    merge_quarantine,
-    pending_feature_shards,
-    pending_probe_shards,
-    plan,
-    probe_shard,
-    promote_model,
-    run_ablation_grid,
-    run_stage,
-    stage_status,
-    state_dir,
-)
+from uwav.stages import STAGES, compute_fingerprints, plan, run_stage, stage_status, state_dir
+from uwav.stages.features import compute_feature_shard, merge_quarantine, pending_feature_shards
+from uwav.stages.promotion import promote_model
+from uwav.stages.segment import cache_probe_results, pending_probe_shards, probe_shard
+from uwav.stages.train import run_ablation_grid
 
 TRANSIENT_ERRORS = (OSError, TimeoutError)
 PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)

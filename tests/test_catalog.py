@@ -96,3 +96,15 @@ def test_cli_catalog_check(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["catalog", "check", "--catalog", str(bad)])
     assert result.exit_code == 2
     assert "oops: unknown key" in result.output
+
+
+@pytest.mark.parametrize(
+    ("segment", "where"),
+    [({"max_side": 96}, "stages.features.max_side"), ({"audio_rate": 16000}, "CLAP encoder's own sample rate")],
+)
+def test_settings_moved_out_of_the_segment_stage_say_where(tmp_path: Path, segment: dict, where: str) -> None:
+    with pytest.raises(CatalogError, match="stages.segment") as raised:
+        load_catalog(write(tmp_path, {**MINIMAL, "stages": {"segment": segment}}))
+    assert where in str(raised.value)
+    moved = load_catalog(write(tmp_path, {**MINIMAL, "stages": {"features": {"max_side": 96}}}))
+    assert moved.stages.features.max_side == 96

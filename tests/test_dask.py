@@ -48,7 +48,7 @@ def test_features_on_a_local_dask_cluster_equal_the_threaded_run(tmp_path: Path)
         np.testing.assert_array_equal(values, other_values)
     # Segment fan-out: the cluster probed every media file and the stage used the cached results.
     from uwav.media.probe import load_probe_cache
-    from uwav.stages import probe_cache_path
+    from uwav.stages.segment import probe_cache_path
 
     manifests = [pl.read_parquet(state_dir(load_catalog(p)).record("segment").outputs["target_manifest"]) for p in (threaded, clustered)]
     assert manifests[0].drop("media_path").equals(manifests[1].drop("media_path"))

@@ -86,7 +86,6 @@ def test_real_videos_end_to_end_match_direct_encoding(encoders: Encoders, tmp_pa
         encoders,
         SETTINGS,
         log,
-        max_side=336,
     )
     assert sorted(summary.computed) == sorted(REAL_VIDEOS) and not summary.quarantined and len(log) == 0
     assert summary.n_segments == 70 and summary.features == ("clip", "clap", "r2plus1d")

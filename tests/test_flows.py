@@ -11,7 +11,8 @@ import yaml
 
 from tests.test_stages import small_catalog, write_catalog
 from uwav.catalog import load_catalog
-from uwav.stages import STAGES, current_model, state_dir
+from uwav.stages import STAGES, state_dir
+from uwav.stages.promotion import current_model
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -1,7 +1,7 @@
-"""Stage fingerprints and completion records (ARCHITECTURE.md, "Caching and resumption").
+"""Stage completion records and the run lock (ARCHITECTURE.md, "Caching and resumption").
 
-A stage's fingerprint hashes its settings, the fingerprints of its inputs and the source of the
-code it runs. Outputs of a stage live under `runs/<stage>/<fingerprint>/`; the record
+A stage's fingerprint (`uwav.stages.planner`) hashes its settings, the fingerprints of its inputs
+and the source of the code it runs. Outputs of a stage live under `runs/<stage>/<fingerprint>/`; the record
 `runs/state/<stage>.json` names the fingerprint whose outputs are current and is written last,
 through a temporary file and a rename, so a crash never leaves a record pointing at half-written
 outputs. An unchanged fingerprint with a record means the stage is skipped, in Prefect and
@@ -14,17 +14,14 @@ import fcntl
 import hashlib
 import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from uwav.atomic import write_text_atomic
 from uwav.errors import InvalidInputError, UwavError
-
-PACKAGE_ROOT = Path(__file__).resolve().parent
 
 
 class PipelineLockedError(UwavError, TimeoutError):
@@ -39,21 +36,6 @@ def text_fingerprint(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-@lru_cache(maxsize=None)
-def code_fingerprint(modules: tuple[str, ...]) -> str:
-    """Hash of the source files of the given package-relative modules or folders (e.g. 'media', 'stages.py')."""
-    digest = hashlib.sha256()
-    for module in sorted(modules):
-        path = PACKAGE_ROOT / module
-        files = sorted(path.rglob("*.py")) + sorted(path.rglob("*.json")) if path.is_dir() else [path]
-        if not files or not all(f.exists() for f in files):
-            raise FileNotFoundError(f"code fingerprint: no source for uwav/{module}")
-        for file in files:
-            digest.update(str(file.relative_to(PACKAGE_ROOT)).encode())
-            digest.update(file.read_bytes())
-    return digest.hexdigest()[:16]
-
-
 def file_fingerprint(path: str | Path) -> str:
     """Content hash of a file, or of every file under a folder (names and contents)."""
     path = Path(path)
@@ -65,16 +47,6 @@ def file_fingerprint(path: str | Path) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()[:16]
-
-
-def fingerprint(stage: str, settings: Any, inputs: Mapping[str, str], code: Sequence[str]) -> str:
-    payload = {
-        "stage": stage,
-        "settings": settings,
-        "inputs": dict(inputs),
-        "code": code_fingerprint(tuple(code)),
-    }
-    return text_fingerprint(stable_json(payload))
 
 
 @dataclass

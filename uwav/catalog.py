@@ -136,10 +136,25 @@ class EncodersConfig(_Strict):
 # ---------------------------------------------------------------- stage settings
 
 
+# Keys that left `stages.segment` for the stage that uses them (a catalog naming one is told where).
+MOVED_SEGMENT_KEYS = {
+    "max_side": "stages.features.max_side (the features stage decodes the frames)",
+    "audio_rate": "nowhere: audio is decoded at the CLAP encoder's own sample rate; delete the key",
+}
+
+
 class SegmentSettings(_Strict):
-    audio_rate: PositiveInt = 48000  # CLAP's rate
+    """Reading, validating and probing the datasets' media."""
+
     workers: PositiveInt = 2
-    max_side: PositiveInt | None = 336  # centre frames are resized to 224 by CLIP later; caps memory
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        moved = [f"stages.segment.{key} moved to {MOVED_SEGMENT_KEYS[key]}" for key in MOVED_SEGMENT_KEYS if isinstance(data, dict) and key in data]
+        if moved:
+            raise ValueError("; ".join(moved))
+        return data
 
 
 class FeaturesSettings(_Strict):
@@ -155,6 +170,7 @@ class FeaturesSettings(_Strict):
     batch_size: PositiveInt = 64
     workers: PositiveInt = 2
     device: Device = "auto"
+    max_side: PositiveInt | None = 336  # caps decoded centre frames' longer side (CLIP resizes to 224 later); saves memory
     prompts_visual: str = "A photo of {}"
     prompts_audio: str = "This is the sound of {}"
 

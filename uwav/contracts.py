@@ -1,18 +1,45 @@
 """Data contracts shared by every stage, defined once (ARCHITECTURE.md, "Contracts between stages").
 
-Tables are polars DataFrames with exactly these columns and dtypes; `empty_*` builders and
-`validate_*` checks keep producers and consumers honest.
+- the array layout at module edges and the modality order (below);
+- tables: polars DataFrames with exactly these columns and dtypes; `empty_*` builders and
+  `validate_*` checks keep producers and consumers honest;
+- stage outputs: what each stage of `uwav.stages` leaves for the next, as types.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Generic, NamedTuple, Self, TypeVar
 
 import polars as pl
 
 from uwav.errors import InvalidInputError
 
+T = TypeVar("T")
+
+# ---------------------------------------------------------------- array layout
+#
+# One layout for every array that crosses a module boundary (models' outputs, pseudo-labels,
+# ground truth, decisions, calibration, evaluation, reports, synthetic data):
+#   - per-segment arrays are (videos, segments, classes) = (N, T, C);
+#   - where both modalities are stacked in one array, the modality axis comes just before the
+#     classes, in MODALITIES order: (N, T, 2, C) with index 0 = audio, 1 = visual;
+#   - where they travel separately, they are named: arguments `*_audio` before `*_visual`, and
+#     pairs as `AudioVisual(audio=..., visual=...)`.
+# Modules may use another layout inside (the evaluation protocol runs segment-major), never at
+# their edges. Padded segments (videos shorter than T) are marked by `lengths` (N,) or a (N, T)
+# padding mask that is True on padding.
 MODALITIES: tuple[str, str] = ("audio", "visual")
+
+
+class AudioVisual(NamedTuple, Generic[T]):
+    """A value per modality, audio first."""
+
+    audio: T
+    visual: T
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 MANIFEST_SCHEMA: dict[str, pl.DataType] = {
@@ -101,3 +128,75 @@ def text_embedding_name(feature: str, role: str) -> str:
     """Feature-store name of a dataset role's ('target' | 'pretrain') class text embeddings in an
     encoder's space ('clip' | 'clap'): both datasets' class lists live in one store."""
     return f"{feature}.{role}"
+
+
+# ---------------------------------------------------------------- stage outputs
+#
+# What each stage leaves for the next, as types: a stage returns one of these, the record in
+# `runs/state/<stage>.json` stores it as {field: location}, and a later stage reads it back with
+# `<Type>.of(record_outputs)`. Files are Paths; the feature store is a URL (it may be fsspec).
+
+
+@dataclass(frozen=True)
+class StageOutputs:
+    def locations(self) -> dict[str, str]:
+        """{field: location} as the stage record stores it."""
+        return {item.name: str(getattr(self, item.name)) for item in fields(self)}
+
+    @classmethod
+    def of(cls, locations: Mapping[str, str]) -> Self:
+        """The typed outputs of a stage record's {field: location}."""
+        missing = [item.name for item in fields(cls) if item.name not in locations]
+        if missing:
+            raise KeyError(f"{cls.__name__}: the stage record lacks {missing}; rerun the stage")
+        return cls(**{
+            item.name: locations[item.name] if item.type == "str" else Path(locations[item.name]) for item in fields(cls)
+        })
+
+
+@dataclass(frozen=True)
+class SegmentOutputs(StageOutputs):
+    target_manifest: Path
+    target_dense: Path
+    target_classes: Path
+    pretrain_manifest: Path
+    pretrain_dense: Path
+    pretrain_classes: Path
+    validation_report: Path
+
+
+@dataclass(frozen=True)
+class FeaturesOutputs(StageOutputs):
+    store: str
+    quarantine: Path
+
+
+@dataclass(frozen=True)
+class PretrainOutputs(StageOutputs):
+    checkpoint: Path
+    history: Path
+
+
+@dataclass(frozen=True)
+class CalibrateOutputs(StageOutputs):
+    thresholds: Path
+
+
+@dataclass(frozen=True)
+class PseudoLabelsOutputs(StageOutputs):
+    pseudo_labels: Path  # folder of Parquet shards
+    quality: Path
+
+
+@dataclass(frozen=True)
+class TrainOutputs(StageOutputs):
+    best_checkpoint: Path
+    history: Path
+
+
+@dataclass(frozen=True)
+class EvaluateOutputs(StageOutputs):
+    metrics: Path
+    predictions: Path
+    report: Path
+    timelines: Path  # folder of PNGs

@@ -32,8 +32,7 @@ def demo_catalog(seed: int = 0) -> dict:
             "r2plus1d": {"name": "uwav-tiny-r2plus1d", "random_init": True},
         },
         "stages": {
-            "segment": {"audio_rate": 48000, "max_side": 96},
-            "features": {"batch_size": 64, "device": "cpu"},
+            "features": {"batch_size": 64, "device": "cpu", "max_side": 96},
             "pretrain": {"layers": 2, "epochs": 30, "warmup_epochs": 3, "batch_size": 8, "device": "cpu", "seed": seed},
             "train": {
                 "han": {"d_model": 128, "ffn": 256, "heads": 4},

@@ -1,8 +1,5 @@
-"""Typed access to what the catalog's datasets and the stages' outputs hold.
-
-Stages, the CLI (`uwav parse`, `uwav status`) and the report read artifacts through these
-functions, so every layout is decided in one place.
-"""
+"""The datasets as the stages see them: the tables the segment stage writes and the label arrays
+later stages derive from them, so every layout is decided in one place."""
 
 from __future__ import annotations
 
@@ -13,13 +10,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from uwav.catalog import Catalog, DatasetConfig
-from uwav.contracts import validate_dense, validate_manifest
-from uwav.datasets import ValidationReport, dataset_classes, read_dataset
+from uwav.contracts import SegmentOutputs, validate_dense, validate_manifest
 
 Role = str  # 'target' | 'pretrain'
-ROLES: tuple[str, str] = ("target", "pretrain")
-SYNTH_DONE = ".uwav-synth-complete"
 
 
 @dataclass(frozen=True)
@@ -36,96 +29,24 @@ class DatasetTables:
         return self.manifest.filter(pl.col("split") == split)
 
 
-def dataset_name(catalog: Catalog, role: Role) -> str:
-    if role not in ROLES:
-        raise ValueError(f"unknown dataset role {role!r}; roles: {ROLES}")
-    return catalog.target if role == "target" else catalog.pretrain
-
-
-def ensure_synthetic(catalog: Catalog, config: DatasetConfig) -> Path:
-    """Generate a synthetic dataset into its `annotations` folder unless it is already complete."""
-    from uwav.datasets.synthesize import synth_main
-
-    assert config.synthetic is not None
-    root = Path(catalog.resolve(config.annotations) or "")
-    marker = root / SYNTH_DONE
-    spec = config.synthetic.model_dump(mode="json")
-    if marker.exists() and json.loads(marker.read_text()) == spec:
-        return root
-    synth_main(
-        config.synthetic.mode,
-        root,
-        config.synthetic.seed,
-        n_pretrain=config.synthetic.n_pretrain,
-        n_train=config.synthetic.n_train,
-        n_val=config.synthetic.n_val,
-        n_test=config.synthetic.n_test,
-        target_layout=config.synthetic.target_layout,
-    )
-    marker.write_text(json.dumps(spec))
-    return root
-
-
-def read_catalog_dataset(catalog: Catalog, role: Role, report: ValidationReport) -> DatasetTables:
-    """Read (and for synthetic datasets, first generate) the dataset playing `role`."""
-    name = dataset_name(catalog, role)
-    config = catalog.dataset(name)
-    if config.kind == "synthetic":
-        return _read_synthetic(catalog, role, name, config, report)
-    annotations = catalog.resolve(config.annotations)
-    kwargs: dict = {"media_root": catalog.resolve(config.media_root), "report": report}
-    if config.kind == "custom":
-        kwargs.update(dense_path=catalog.resolve(config.dense), classes=config.classes)
-    elif config.classes is not None:
-        kwargs["classes"] = config.classes
-    manifest, dense = read_dataset(config.kind, annotations, **kwargs)  # type: ignore[arg-type]
-    classes = list(config.classes) if config.classes else dataset_classes(config.kind, annotations)  # type: ignore[arg-type]
-    return DatasetTables(role, name, classes, manifest.with_columns(dataset=pl.lit(name)), dense)
-
-
-def _read_synthetic(
-    catalog: Catalog, role: Role, name: str, config: DatasetConfig, report: ValidationReport
-) -> DatasetTables:
-    root = ensure_synthetic(catalog, config)
-    assert config.synthetic is not None
-    if config.synthetic.mode == "features":
-        from uwav.datasets.synth_features import SyntheticFeatureBenchmark
-
-        benchmark = SyntheticFeatureBenchmark.load(root)
-        part = benchmark.target if role == "target" else benchmark.pretrain
-        return DatasetTables(role, name, list(part.classes), part.manifest.with_columns(dataset=pl.lit(name)), part.dense)
-    folder, media, reader = (
-        ("llp_like", "llp_like/videos", "llp") if role == "target" else ("unav_like", "unav_like/videos", "unav100")
-    )
-    classes = json.loads((root / folder / "classes.json").read_text())
-    annotations = root / folder if reader == "llp" else root / folder / "annotations.json"
-    kwargs = {"classes": classes} if reader == "llp" else {}
-    manifest, dense = read_dataset(reader, annotations, media_root=root / media, report=report, **kwargs)
-    return DatasetTables(role, name, classes, manifest.with_columns(dataset=pl.lit(name)), dense)
-
-
 # ---------------------------------------------------------------- segment stage outputs
 
 
-def write_tables(out_dir: Path, tables: DatasetTables) -> dict[str, str]:
-    manifest_path = out_dir / f"{tables.role}_manifest.parquet"
-    dense_path = out_dir / f"{tables.role}_dense.parquet"
-    classes_path = out_dir / f"{tables.role}_classes.json"
-    tables.manifest.write_parquet(manifest_path)
-    tables.dense.write_parquet(dense_path)
-    classes_path.write_text(json.dumps({"name": tables.name, "classes": tables.classes}, indent=1))
-    return {
-        f"{tables.role}_manifest": str(manifest_path),
-        f"{tables.role}_dense": str(dense_path),
-        f"{tables.role}_classes": str(classes_path),
-    }
+def write_tables(out_dir: Path, tables: DatasetTables) -> dict[str, Path]:
+    """The segment stage's files of one role: {`<role>_manifest` | `_dense` | `_classes`: path}."""
+    paths = {f"{tables.role}_{part}": out_dir / f"{tables.role}_{part}.{suffix}"
+             for part, suffix in (("manifest", "parquet"), ("dense", "parquet"), ("classes", "json"))}
+    tables.manifest.write_parquet(paths[f"{tables.role}_manifest"])
+    tables.dense.write_parquet(paths[f"{tables.role}_dense"])
+    paths[f"{tables.role}_classes"].write_text(json.dumps({"name": tables.name, "classes": tables.classes}, indent=1))
+    return paths
 
 
-def load_tables(segment_outputs: dict[str, str], role: Role) -> DatasetTables:
+def load_tables(segment: SegmentOutputs, role: Role) -> DatasetTables:
     """The manifest, dense labels and classes that the segment stage wrote for `role`."""
-    info = json.loads(Path(segment_outputs[f"{role}_classes"]).read_text())
-    manifest = validate_manifest(pl.read_parquet(segment_outputs[f"{role}_manifest"]))
-    dense = validate_dense(pl.read_parquet(segment_outputs[f"{role}_dense"]))
+    info = json.loads(getattr(segment, f"{role}_classes").read_text())
+    manifest = validate_manifest(pl.read_parquet(getattr(segment, f"{role}_manifest")))
+    dense = validate_dense(pl.read_parquet(getattr(segment, f"{role}_dense")))
     return DatasetTables(role, info["name"], info["classes"], manifest, dense)
 
 

@@ -211,14 +211,13 @@ def extract_features(
     settings: FeaturesSettings,
     quarantine_log: QuarantineLog,
     *,
-    max_side: int | None = None,
     progress: bool = True,
 ) -> ExtractionSummary:
     """Compute the active encoders' features of every manifest video the store lacks (see module docstring).
 
     `manifest` follows `uwav.contracts.MANIFEST_SCHEMA` (`video_id`, `media_path`, `n_segments`
-    are used). `max_side` caps the decoded centre frames' longer side (the catalog's
-    `stages.segment.max_side`); CLIP resizes them to its input size anyway. Videos without
+    are used). `settings.max_side` caps the decoded centre frames' longer side; CLIP resizes
+    them to its input size anyway. Videos without
     media, too short, or whose media cannot be decoded are recorded in `quarantine_log` under
     stage 'features'. The manifest's `n_segments` is authoritative: a decode with more segments
     is cut to it, one with fewer is quarantined.
@@ -265,7 +264,7 @@ def extract_features(
         "centre": encoders.clip is not None,
         "clip": encoders.r2plus1d is not None,
         "audio": clap is not None,
-        "max_side": max_side,
+        "max_side": settings.max_side,
     }
 
     def decode(row: dict) -> DecodedSegments | None:

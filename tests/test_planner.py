@@ -1,0 +1,77 @@
+"""The planner: a stage's code fingerprint covers the code that stage runs, and only that."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from uwav.catalog import load_catalog
+from uwav.stages import STAGES, compute_fingerprints, stage_code_files
+from uwav.stages.planner import PACKAGE_ROOT
+
+from tests.test_stages import small_catalog, write_catalog
+
+
+def source_copy(target: Path) -> Path:
+    shutil.copytree(PACKAGE_ROOT, target, ignore=shutil.ignore_patterns("__pycache__"))
+    return target
+
+
+def stale_after_editing(tmp_path: Path, module: str) -> list[str]:
+    """The stages whose fingerprint changes when `module` (package-relative) gains a line."""
+    catalog = load_catalog(write_catalog(tmp_path, small_catalog()))
+    before = compute_fingerprints(catalog, source_copy(tmp_path / "before"))
+    edited = source_copy(tmp_path / "after")
+    with (edited / module).open("a") as handle:
+        handle.write("\n# an edit\n")
+    after = compute_fingerprints(catalog, edited)
+    assert set(before) == set(after) == set(STAGES)
+    return [stage for stage in STAGES if before[stage] != after[stage]]
+
+
+def test_editing_the_report_makes_only_evaluate_stale(tmp_path: Path) -> None:
+    assert stale_after_editing(tmp_path, "evaluation/report.py") == ["evaluate"]
+
+
+def test_editing_the_han_loss_leaves_stage_one_fresh(tmp_path: Path) -> None:
+    assert stale_after_editing(tmp_path, "training/losses.py") == ["train", "evaluate"]
+
+
+@pytest.mark.parametrize(
+    ("module", "stale"),
+    [
+        ("stages/promotion.py", []),  # promotion and parsing run after the pipeline, not in a stage
+        ("stages/parse.py", []),
+        ("catalog.py", []),  # settings reach fingerprints as values
+        ("models/plg.py", ["pretrain", "calibrate", "pseudo_labels", "train", "evaluate"]),
+        ("features/encoders.py", ["features"]),
+    ],
+)
+def test_other_edits_reach_exactly_the_stages_that_run_them(tmp_path: Path, module: str, stale: list[str]) -> None:
+    assert stale_after_editing(tmp_path, module) == stale
+
+
+def test_lazy_imports_and_package_data_count() -> None:
+    features = stage_code_files("features")
+    # `features` imports the encoders inside functions; their configs are data the code reads.
+    assert "features/encoders.py" in features
+    assert "features/model_configs/uwav-tiny-clip.json" in features
+    assert "training/losses.py" not in stage_code_files("pretrain")
+    assert "evaluation/report.py" not in stage_code_files("train")
+    for stage in STAGES:
+        assert f"stages/{stage}.py" in stage_code_files(stage)
+        assert "stages/planner.py" not in stage_code_files(stage)
+
+
+def test_the_planner_imports_no_torch() -> None:
+    code = (
+        "import sys, uwav.stages.planner as planner;"
+        "[planner.stage_code_files(s) for s in planner.STAGES];"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'open_clip', 'laion_clap')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

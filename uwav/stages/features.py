@@ -1,0 +1,139 @@
+"""Stage `features`: fill the feature store for every video of both datasets (only the videos it
+lacks) and the class text embeddings of both class lists. After a fan-out
+(`pending_feature_shards` + `compute_feature_shard` on a cluster) this only finds the work done
+and writes the rest."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from uwav.catalog import Catalog
+from uwav.contracts import FeaturesOutputs
+from uwav.errors import StageError
+from uwav.stages.inputs import HAN_INPUT_FEATURES, PLG_FEATURES, dataset_tables, open_store
+from uwav.stages.planner import StageResult, quarantine_path
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from uwav.features.encoders import Encoders
+    from uwav.workspace import DatasetTables
+
+FEATURE_SHARD_VIDEOS = 32  # videos per fan-out task: enough to fill encoder batches, small enough to spread
+
+
+def _encoded_features(catalog: Catalog) -> set[str]:
+    """The features the encoders compute (the official source brings the HAN's own)."""
+    han_inputs = HAN_INPUT_FEATURES[catalog.stages.train.han.inputs]
+    return {*PLG_FEATURES, *(() if catalog.stages.features.source == "official" else han_inputs)}
+
+
+def _encoders(catalog: Catalog, device: str) -> Encoders:
+    from uwav.features.encoders import build_encoders
+
+    return build_encoders(catalog.encoders, device, features=_encoded_features(catalog), base_dir=catalog.base_dir)
+
+
+def _both_manifests(catalog: Catalog) -> tuple[DatasetTables, DatasetTables, pl.DataFrame]:
+    import polars as pl
+
+    target, pretrain = dataset_tables(catalog, "target"), dataset_tables(catalog, "pretrain")
+    clash = set(target.manifest["video_id"]) & set(pretrain.manifest["video_id"])
+    if clash:
+        raise StageError(f"features: video ids in both datasets would share store entries: {sorted(clash)[:5]}")
+    return target, pretrain, pl.concat([target.manifest, pretrain.manifest])
+
+
+def pending_feature_shards(catalog: Catalog, shard_videos: int = FEATURE_SHARD_VIDEOS) -> list[list[str]]:
+    """For fan-out (Dask): register every video in the store (the single coordinator's job) and
+    return shards of the videos whose features are still missing. Empty unless the encoders run."""
+    import polars as pl
+
+    settings = catalog.stages.features
+    if settings.source == "synthetic":
+        return []
+    _, _, manifest = _both_manifests(catalog)
+    usable = manifest.filter(pl.col("media_path").is_not_null())
+    encoders = _encoders(catalog, "cpu")
+    store = open_store(catalog, settings.dtype)
+    store.allocate(
+        usable["video_id"].to_list(), usable["n_segments"].to_list(), encoders.feature_shapes(),
+        encoder_identities={encoder.feature: encoder.identity for encoder in encoders.active()},
+    )
+    complete = store.completed([encoder.feature for encoder in encoders.active()])
+    pending = [video_id for video_id in usable["video_id"].to_list() if video_id not in complete]
+    return [pending[start : start + shard_videos] for start in range(0, len(pending), shard_videos)]
+
+
+def compute_feature_shard(catalog: Catalog, video_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """One fan-out task: the features of `video_ids` into the store; returns their quarantine rows
+    (the coordinator merges them, so workers never write the shared quarantine table)."""
+    import polars as pl
+
+    from uwav.features.extract import extract_features
+    from uwav.media.quarantine import QuarantineLog
+
+    settings = catalog.stages.features
+    _, _, manifest = _both_manifests(catalog)
+    shard = manifest.filter(pl.col("video_id").is_in(list(video_ids)))
+    quarantine = QuarantineLog()
+    extract_features(
+        shard, open_store(catalog, settings.dtype), _encoders(catalog, settings.device), settings, quarantine, progress=False
+    )
+    return quarantine.to_frame().to_dicts()
+
+
+def merge_quarantine(catalog: Catalog, rows: Sequence[dict[str, Any]]) -> None:
+    """Add fan-out tasks' quarantine rows to the catalog's quarantine table."""
+    from uwav.media.quarantine import QuarantineLog
+
+    log = QuarantineLog.load(quarantine_path(catalog))
+    for row in rows:
+        log.record(row["video_id"], row["path"], row["stage"], row["reason"])
+    log.write(quarantine_path(catalog))
+
+
+def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
+    from uwav.media.quarantine import QuarantineLog
+
+    settings = catalog.stages.features
+    target, pretrain, _ = _both_manifests(catalog)
+    store = open_store(catalog, settings.dtype)
+    metrics: dict[str, Any] = {}
+    if settings.source == "synthetic":
+        from uwav.features.synthetic import import_into_store
+
+        metrics.update(import_into_store(Path(catalog.resolve(catalog.dataset(target.name).annotations) or ""), store))
+        return StageResult(FeaturesOutputs(store.url, quarantine_path(catalog)), metrics)
+
+    from uwav.features.extract import compute_text_embeddings, extract_features
+
+    encoders = _encoders(catalog, settings.device)
+    quarantine = QuarantineLog.load(quarantine_path(catalog))
+    try:
+        for tables in (target, pretrain):
+            summary = extract_features(tables.manifest, store, encoders, settings, quarantine, progress=progress)
+            metrics[f"{tables.role}_extraction"] = {
+                "videos": summary.n_videos,
+                "already_complete": summary.n_already_complete,
+                "computed": len(summary.computed),
+                "quarantined": len(summary.quarantined),
+                "missing_audio": len(summary.missing_audio),
+                "segments_per_s": round(summary.segments_per_s, 1),
+            }
+    finally:
+        quarantine.write(quarantine_path(catalog))
+    for tables in (target, pretrain):
+        compute_text_embeddings(store, encoders, tables.classes, settings, role=tables.role)
+    if settings.source == "official":
+        from uwav.features.official import import_official_llp
+
+        if settings.official_root is None:
+            raise StageError("features: source 'official' needs stages.features.official_root in the catalog")
+        report = import_official_llp(store, Path(catalog.resolve(settings.official_root) or ""), target.manifest["video_id"].to_list())
+        report_path = out_dir / "official_import_problems.parquet"
+        report.problems.write_parquet(report_path)
+        metrics["official_import"] = report.summary()
+    return StageResult(FeaturesOutputs(store.url, quarantine_path(catalog)), metrics)

@@ -1,0 +1,63 @@
+"""`uwav parse`: the current model's per-segment audio / visual / audio-visual events of new
+videos (JSON, Parquet and a timeline PNG each). Features are computed in memory with the
+catalog's encoders; nothing is written to the feature store."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from uwav.catalog import Catalog
+from uwav.errors import StageError
+from uwav.parsing import ParseOutputs
+from uwav.stages.inputs import HAN_INPUT_FEATURES, dataset_tables
+from uwav.stages.promotion import current_checkpoint
+from uwav.stages.train import han_features
+
+
+def parse_media(catalog: Catalog, paths: Sequence[Path], out_dir: Path, *, progress: bool = True) -> ParseOutputs:
+    import uuid
+
+    import polars as pl
+
+    from uwav.contracts import n_segments_for_duration, validate_manifest
+    from uwav.features.encoders import build_encoders
+    from uwav.features.extract import extract_features
+    from uwav.features.store import FeatureStore
+    from uwav.media.decode import MediaError, probe_duration
+    from uwav.media.quarantine import QuarantineLog
+    from uwav.parsing import write_parse_outputs
+    from uwav.training.han_train import load_han, predict_han
+
+    if catalog.stages.train.han.inputs != "clip_clap":
+        raise StageError("uwav parse needs han.inputs: clip_clap (the official LLP features cannot be computed for new videos)")
+    checkpoint = current_checkpoint(catalog)
+    classes = dataset_tables(catalog, "target").classes
+    rows, problems = [], []
+    for path in paths:
+        try:
+            duration = probe_duration(str(path))
+        except MediaError as error:
+            problems.append(f"{path}: {error.reason}")
+            continue
+        rows.append({
+            "video_id": Path(path).stem, "dataset": "parse", "split": "test", "media_path": str(Path(path).resolve()),
+            "duration_s": duration, "n_segments": n_segments_for_duration(duration), "labels": [],
+        })
+    if not rows:
+        raise StageError("uwav parse: no usable video; " + "; ".join(problems))
+    manifest = validate_manifest(pl.DataFrame(rows))
+    settings = catalog.stages.features
+    store = FeatureStore(f"memory://uwav-parse-{uuid.uuid4().hex}", dtype="float32")
+    encoders = build_encoders(catalog.encoders, settings.device, features=HAN_INPUT_FEATURES["clip_clap"], base_dir=catalog.base_dir)
+    quarantine = QuarantineLog()
+    extract_features(manifest, store, encoders, settings, quarantine, progress=progress)
+    split, features = han_features(catalog, store, manifest)
+    if not split.video_ids:
+        raise StageError("uwav parse: no video could be decoded; " + "; ".join(problems + [str(r) for r in quarantine.to_frame().rows()]))
+    model = load_han(checkpoint, catalog.stages.train.device)
+    segment_prob, video_prob = predict_han(model, features, precision=catalog.stages.train.precision)
+    durations = manifest.filter(pl.col("video_id").is_in(split.video_ids))["duration_s"].to_list()
+    return write_parse_outputs(
+        out_dir, split.video_ids, classes, segment_prob, video_prob, catalog.stages.evaluate.threshold, durations_s=durations
+    )

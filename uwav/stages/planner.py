@@ -1,0 +1,380 @@
+"""Which stages are fresh, what a run executes, and the records stages leave. Imports no torch.
+
+```
+segment -> features -> pretrain -> calibrate -> pseudo_labels -> train -> evaluate
+```
+A stage's fingerprint hashes the catalog settings its result depends on, the fingerprints of its
+upstream stages, and the source of the code it runs: its own module `uwav/stages/<stage>.py`
+and every uwav module that module imports, transitively (`stage_code_files`). Fingerprints are
+computed statically from the catalog, so `uwav status` knows what is stale without running
+anything, and the Prefect flows (`flows/`) use the same fingerprint as their task cache key.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from uwav.caching import StageRecord, StateDir, file_fingerprint, stable_json, text_fingerprint
+from uwav.catalog import Catalog
+from uwav.contracts import StageOutputs
+from uwav.errors import StageError
+
+log = logging.getLogger(__name__)
+
+STAGES: tuple[str, ...] = ("segment", "features", "pretrain", "calibrate", "pseudo_labels", "train", "evaluate")
+
+# Stages whose fingerprints feed each stage's. Stage 1 deliberately does not depend on
+# `features` as a whole: new target videos re-run the (incremental) features stage, not the
+# pre-training on the other dataset.
+STAGE_UPSTREAM: dict[str, tuple[str, ...]] = {
+    "segment": (),
+    "features": ("segment",),
+    "pretrain": (),
+    "calibrate": ("pretrain",),
+    "pseudo_labels": ("calibrate",),
+    "train": ("pseudo_labels",),
+    "evaluate": ("train",),
+}
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+# Modules that cannot change a stage's result, left out of code fingerprints: the catalog's
+# effect reaches a stage only through the setting values (fingerprinted as values), and the
+# rest is bookkeeping around the stage (errors, records, how files are written, this planner).
+NOT_STAGE_CODE: frozenset[str] = frozenset(
+    {"catalog.py", "errors.py", "caching.py", "atomic.py", "stages/__init__.py", "stages/planner.py"}
+)
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a stage function returns: its typed outputs and summary metrics."""
+
+    outputs: StageOutputs
+    metrics: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StageStatus:
+    stage: str
+    state: Literal["fresh", "stale", "missing"]
+    fingerprint: str
+    why: str = ""
+
+
+# ---------------------------------------------------------------- the code a stage runs
+
+
+def _module_file(root: Path, dotted: str) -> str | None:
+    """Package-relative source file of a uwav module ('uwav.training.losses' -> 'training/losses.py')."""
+    parts = dotted.split(".")[1:]
+    if not parts:
+        return "__init__.py"
+    for candidate in ("/".join(parts) + ".py", "/".join(parts) + "/__init__.py"):
+        if (root / candidate).is_file():
+            return candidate
+    return None
+
+
+@lru_cache(maxsize=1024)
+def _imported_files(root: Path, relative: str) -> frozenset[str]:
+    """uwav modules that a source file imports, at module level or inside functions.
+
+    `from uwav.a import b` counts `a/b.py` when b is a module, else `a/__init__.py` (whose own
+    imports are then followed); `import uwav.a.b` counts `a/b.py` alone."""
+    package = ["uwav", *Path(relative).parent.parts]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse((root / relative).read_text(), relative)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names if alias.name.split(".")[0] == "uwav"]
+            found.update(filter(None, (_module_file(root, name) for name in names)))
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join([*package[: len(package) - node.level + 1], *([base] if base else [])])
+            if base.split(".")[0] != "uwav":
+                continue
+            for alias in node.names:
+                submodule = _module_file(root, f"{base}.{alias.name}")
+                parent = _module_file(root, base)
+                found.update(filter(None, (submodule if submodule is not None else parent,)))
+    return frozenset(found)
+
+
+@lru_cache(maxsize=32)
+def stage_code_files(stage: str, root: Path = PACKAGE_ROOT) -> tuple[str, ...]:
+    """Package-relative files of the code `stage` runs: its module, the uwav modules it imports
+    (transitively), and the data files (JSON) in the subfolders those modules name in their source
+    (`features/encoders.py` reads `model_configs/*.json`)."""
+    if stage not in STAGES:
+        raise StageError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    pending, seen = [f"stages/{stage}.py"], set()
+    while pending:
+        current = pending.pop()
+        if current in seen or current in NOT_STAGE_CODE:
+            continue
+        seen.add(current)
+        pending.extend(_imported_files(root, current))
+    data = {
+        str(path.relative_to(root))
+        for module in seen
+        for folder in (root / module).parent.iterdir()
+        if folder.is_dir() and f"{folder.name}/" in (root / module).read_text()
+        for path in folder.rglob("*.json")
+    }
+    return tuple(sorted(seen | data))
+
+
+@lru_cache(maxsize=32)
+def stage_code_fingerprint(stage: str, root: Path = PACKAGE_ROOT) -> str:
+    digest = hashlib.sha256()
+    for relative in stage_code_files(stage, root):
+        digest.update(relative.encode())
+        digest.update((root / relative).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- settings and fingerprints
+
+
+def _dataset_identity(catalog: Catalog, name: str) -> dict[str, Any]:
+    """A dataset's config plus the content of its annotations and a listing of its media."""
+    config = catalog.dataset(name)
+    identity: dict[str, Any] = {"name": name, "config": config.model_dump(mode="json")}
+    if config.kind == "synthetic":
+        # Generated deterministically from its spec; the pre-training part does not depend on
+        # the target part's sizes or layout (ids are drawn for it first), so those stay out of its identity.
+        if config.role == "pretrain":
+            for key in ("n_train", "n_val", "n_test", "target_layout"):
+                identity["config"]["synthetic"].pop(key)
+        return identity
+    annotations = Path(catalog.resolve(config.annotations) or "")
+    identity["annotations"] = file_fingerprint(annotations) if annotations.exists() else "absent"
+    if config.dense is not None:
+        dense = Path(catalog.resolve(config.dense) or "")
+        identity["dense"] = file_fingerprint(dense) if dense.exists() else "absent"
+    media_root = catalog.resolve(config.media_root)
+    if media_root is not None and Path(media_root).is_dir():
+        # Names, sizes and modification times: hashing every video's bytes would take minutes.
+        listing = sorted(
+            (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(media_root).iterdir() if p.is_file()
+        )
+        identity["media"] = text_fingerprint(stable_json(listing))
+    return identity
+
+
+def _features_definition(catalog: Catalog) -> dict[str, Any]:
+    """What the stored features are (not which videos): settings that change their values."""
+    stages = catalog.stages
+    features = stages.features.model_dump(mode="json", exclude={"workers", "device", "batch_size"})
+    if stages.features.official_root is not None:
+        features["official"] = file_fingerprint(catalog.resolve(stages.features.official_root))  # type: ignore[arg-type]
+    return {
+        "features": features,
+        "encoders": catalog.encoders.model_dump(mode="json"),
+        "store": catalog.stores.features,  # as written: a project moved with its stores keeps its cache
+        "han_inputs": stages.train.han.inputs,
+    }
+
+
+def stage_settings(catalog: Catalog, stage: str) -> dict[str, Any]:
+    """The part of the catalog a stage's result depends on, besides its upstream stages."""
+    stages = catalog.stages
+    if stage == "segment":
+        return {
+            "target": _dataset_identity(catalog, catalog.target),
+            "pretrain": _dataset_identity(catalog, catalog.pretrain),
+            "segment": stages.segment.model_dump(mode="json", exclude={"workers"}),
+        }
+    if stage == "features":
+        return _features_definition(catalog)
+    if stage == "pretrain":
+        return {
+            "pretrain": stages.pretrain.model_dump(mode="json", exclude={"device"}),
+            "dataset": _dataset_identity(catalog, catalog.pretrain),
+            "features": _features_definition(catalog),
+        }
+    if stage == "calibrate":
+        return {"calibrate": stages.calibrate.model_dump(mode="json"), "dataset": _dataset_identity(catalog, catalog.target)}
+    if stage == "pseudo_labels":
+        return {"store": catalog.stores.pseudo_labels, "dataset": _dataset_identity(catalog, catalog.target)}
+    if stage == "train":
+        return stages.train.model_dump(mode="json", exclude={"device"})
+    if stage == "evaluate":
+        return stages.evaluate.model_dump(mode="json")
+    raise StageError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+
+
+def _settings_fingerprint(catalog: Catalog, stage: str) -> str:
+    return text_fingerprint(stable_json(stage_settings(catalog, stage)))
+
+
+def compute_fingerprints(catalog: Catalog, code_root: Path = PACKAGE_ROOT) -> dict[str, str]:
+    """Every stage's fingerprint: its settings, its upstream stages' fingerprints and its code
+    (`code_root`: the uwav source tree, this installation's by default)."""
+    found: dict[str, str] = {}
+    for stage in STAGES:
+        payload = {
+            "stage": stage,
+            "settings": _settings_fingerprint(catalog, stage),
+            "inputs": {name: found[name] for name in STAGE_UPSTREAM[stage]},
+            "code": stage_code_fingerprint(stage, code_root),
+        }
+        found[stage] = text_fingerprint(stable_json(payload))
+    return found
+
+
+# ---------------------------------------------------------------- records and status
+
+
+def state_dir(catalog: Catalog) -> StateDir:
+    return StateDir(catalog.store("runs"))
+
+
+def stage_record(catalog: Catalog, stage: str) -> StageRecord:
+    """The record of a stage that has run for this catalog (a stage reads its upstream's outputs here)."""
+    record = state_dir(catalog).record(stage)
+    if record is None:
+        raise StageError(f"stage {stage} has not run for this catalog; run `uwav run --stages {stage}` first")
+    return record
+
+
+def quarantine_path(catalog: Catalog) -> Path:
+    """One quarantine table per catalog, across stages and runs (rows say the stage)."""
+    return Path(catalog.store("runs")) / "quarantine.parquet"
+
+
+def stage_status(catalog: Catalog) -> list[StageStatus]:
+    """Each stage as fresh, stale (with the reason) or missing."""
+    state = state_dir(catalog)
+    fingerprints = compute_fingerprints(catalog)
+    statuses: list[StageStatus] = []
+    for stage in STAGES:
+        record = state.record(stage)
+        current = fingerprints[stage]
+        if record is None:
+            status = StageStatus(stage, "missing", current, "never run")
+        elif record.fingerprint == current and _outputs_exist(record):
+            status = StageStatus(stage, "fresh", current)
+        elif record.fingerprint == current:
+            status = StageStatus(stage, "stale", current, "outputs were deleted")
+        else:
+            status = StageStatus(stage, "stale", current, _why_stale(catalog, stage, record, fingerprints))
+        statuses.append(status)
+    return statuses
+
+
+def _record_inputs(catalog: Catalog, stage: str, fingerprints: dict[str, str]) -> dict[str, str]:
+    """What a record keeps of a stage's fingerprint, so `uwav status` can say why it went stale."""
+    return {
+        **{f"upstream.{name}": fingerprints[name] for name in STAGE_UPSTREAM[stage]},
+        "settings": _settings_fingerprint(catalog, stage),
+        "code": stage_code_fingerprint(stage),
+    }
+
+
+def _why_stale(catalog: Catalog, stage: str, record: StageRecord, fingerprints: dict[str, str]) -> str:
+    current = _record_inputs(catalog, stage, fingerprints)
+    reasons = [f"{name} changed" for name in STAGE_UPSTREAM[stage] if record.inputs.get(f"upstream.{name}") != current[f"upstream.{name}"]]
+    if record.inputs.get("settings") != current["settings"]:
+        reasons.append("its settings or input files changed")
+    if record.inputs.get("code") != current["code"]:
+        reasons.append("its code changed")
+    return "; ".join(reasons) or "fingerprint changed"
+
+
+def _outputs_exist(record: StageRecord) -> bool:
+    return all(Path(location).exists() for location in record.outputs.values() if "://" not in location)
+
+
+def plan(catalog: Catalog, stages: Iterable[str] | None = None, force: Iterable[str] = ()) -> list[str]:
+    """The stages a run executes, in pipeline order, up to the last requested one: those not fresh
+    (fingerprints chain, so a changed stage makes everything downstream stale too) and, from the
+    first forced stage on, all of them."""
+    requested = list(stages) if stages is not None else list(STAGES)
+    forced = list(force)
+    for name in (*requested, *forced):
+        if name not in STAGES:
+            raise StageError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    if not requested:
+        return []
+    last = max(STAGES.index(name) for name in requested)
+    first_forced = min((STAGES.index(name) for name in forced), default=len(STAGES))
+    statuses = {status.stage: status.state for status in stage_status(catalog)}
+    return [
+        stage
+        for index, stage in enumerate(STAGES[: last + 1])
+        if statuses[stage] != "fresh" or index >= first_forced
+    ]
+
+
+# ---------------------------------------------------------------- running
+
+
+def stage_function(stage: str) -> Callable[[Catalog, Path, bool], StageResult]:
+    """`run` of `uwav/stages/<stage>.py`, imported on first use (the planner stays light)."""
+    if stage not in STAGES:
+        raise StageError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    return importlib.import_module(f"uwav.stages.{stage}").run
+
+
+def run_stage(catalog: Catalog, stage: str, *, force: bool = False, progress: bool = True) -> StageRecord:
+    """Run one stage unless its fingerprint matches the record (then return the record)."""
+    state = state_dir(catalog)
+    fingerprints = compute_fingerprints(catalog)
+    current = fingerprints[stage]
+    record = state.record(stage)
+    if record is not None and record.fingerprint == current and _outputs_exist(record) and not force:
+        log.info("%s: fresh (%s), skipped", stage, current)
+        return record
+    index = STAGES.index(stage)
+    if index > 0:
+        upstream = state.record(STAGES[index - 1])
+        if upstream is None or upstream.fingerprint != fingerprints[STAGES[index - 1]]:
+            raise StageError(f"{stage}: upstream stage {STAGES[index - 1]} is not fresh; run it first (uwav run)")
+    out_dir = state.stage_dir(stage, current)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    log.info("%s: running (%s)", stage, current)
+    result = stage_function(stage)(catalog, out_dir, progress)
+    record = StageRecord(
+        stage=stage,
+        fingerprint=current,
+        outputs=result.outputs.locations(),
+        metrics=result.metrics,
+        inputs=_record_inputs(catalog, stage, fingerprints),
+        seconds=time.perf_counter() - started,
+    )
+    (out_dir / "result.json").write_text(json.dumps(record.__dict__, indent=2, default=str))
+    state.write(record)
+    return record
+
+
+def run_pipeline(
+    catalog: Catalog,
+    stages: Sequence[str] | None = None,
+    force: Sequence[str] = (),
+    *,
+    progress: bool = True,
+    on_stage: Callable[[StageRecord], None] | None = None,
+) -> list[StageRecord]:
+    """Run the planned stages in order under the catalog's run lock; fresh stages are skipped."""
+    first_forced = min((STAGES.index(name) for name in force if name in STAGES), default=len(STAGES))
+    with state_dir(catalog).lock():
+        records = []
+        for stage in plan(catalog, stages, force):
+            record = run_stage(catalog, stage, force=STAGES.index(stage) >= first_forced, progress=progress)
+            records.append(record)
+            if on_stage is not None:
+                on_stage(record)
+        return records

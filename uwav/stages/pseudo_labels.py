@@ -1,0 +1,81 @@
+"""Stage `pseudo_labels`: binary and uncertainty-weighted pseudo-labels (eq. 10, 12) for every
+target video, in Parquet shards (resumable per shard), and their quality with the LLP protocol
+where dense labels exist."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from uwav.catalog import Catalog
+from uwav.contracts import CalibrateOutputs, PseudoLabelsOutputs
+from uwav.errors import StageError
+from uwav.stages.calibrate import plg_logits
+from uwav.stages.inputs import dataset_tables, open_store
+from uwav.stages.planner import StageResult, stage_record
+
+PSEUDO_LABEL_SHARD_VIDEOS = 2048
+
+
+def available_ids(folder: Path, video_ids: list[str]) -> list[str]:
+    """The subset of `video_ids` that has pseudo-label rows (videos without features have none)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    present = set(pc.unique(pq.read_table(folder, columns=["video_id"])["video_id"]).to_pylist())
+    return [video_id for video_id in video_ids if video_id in present]
+
+
+def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
+    import numpy as np
+    import polars as pl
+    import torch
+
+    from uwav.evaluation import pseudo_label_quality
+    from uwav.labels import ThresholdSet, binary_pseudo_labels, completed_shards, iter_shards, read_pseudo_labels, soft_pseudo_labels, write_shard
+    from uwav.labels.pseudo_labels import shard_name
+    from uwav.workspace import dense_truth, weak_label_matrix
+
+    tables = dataset_tables(catalog, "target")
+    thresholds = ThresholdSet.load(CalibrateOutputs.of(stage_record(catalog, "calibrate").outputs).thresholds)
+    if thresholds.classes != tables.classes:
+        raise StageError("pseudo_labels: the threshold set's classes differ from the target dataset's")
+    store = open_store(catalog)
+    folder = Path(catalog.store("pseudo_labels")) / out_dir.name
+    manifest = tables.manifest.sort("video_id")
+    done = completed_shards(folder)
+    written = 0
+    for index, rows in iter_shards(manifest.height, PSEUDO_LABEL_SHARD_VIDEOS):
+        if shard_name(index) in done:
+            continue
+        split, logits = plg_logits(catalog, store, manifest[rows])
+        if not split.video_ids:
+            continue
+        shard = manifest[rows].filter(pl.col("video_id").is_in(split.video_ids))
+        video_labels = torch.from_numpy(weak_label_matrix(shard, tables.classes))
+        columns: dict[str, np.ndarray] = {}
+        for modality in ("audio", "visual"):
+            z = torch.from_numpy(np.nan_to_num(logits[modality], nan=-1e4))
+            theta = torch.from_numpy(thresholds.thresholds[modality]).float()
+            columns[f"{modality}_logit"] = logits[modality]
+            columns[f"{modality}_soft"] = soft_pseudo_labels(z, theta, video_labels).numpy()
+            columns[f"{modality}_hard"] = binary_pseudo_labels(z, theta, video_labels).numpy()
+        write_shard(folder, index, split.video_ids, split.lengths, columns, thresholds.set_id)
+        written += 1
+    quality: dict[str, dict[str, float]] = {}
+    labelled = set(tables.dense["video_id"])
+    for split_name in ("val", "test"):
+        ids = [video_id for video_id in tables.split(split_name)["video_id"].to_list() if video_id in labelled]
+        if not ids:
+            continue
+        loaded = read_pseudo_labels(folder, available_ids(folder, ids))
+        truth = dense_truth(tables, loaded.video_ids, loaded.valid.shape[1])
+        assert truth is not None
+        hard = {m: loaded.arrays[f"{m}_hard"].astype(bool).transpose(0, 2, 1) for m in ("audio", "visual")}
+        quality[split_name] = pseudo_label_quality(hard["audio"], hard["visual"], truth["audio"], truth["visual"])
+    quality_path = out_dir / "quality.json"
+    quality_path.write_text(json.dumps(quality, indent=1))
+    return StageResult(
+        PseudoLabelsOutputs(folder, quality_path),
+        {"shards_written": written, "threshold_set_id": thresholds.set_id, "quality": quality},
+    )

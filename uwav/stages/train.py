@@ -1,0 +1,128 @@
+"""Stage `train` (stage 2): the HAN on the pseudo-labels with the UWAV losses, the best
+checkpoint by validation; also the HAN inputs that `evaluate`, the ablation grid and `uwav parse`
+read the same way."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from uwav.catalog import Catalog, Task, TrainSettings
+from uwav.contracts import PseudoLabelsOutputs, TrainOutputs
+from uwav.errors import StageError
+from uwav.stages.inputs import HAN_INPUT_FEATURES, SplitArrays, dataset_tables, load_split, open_store
+from uwav.stages.planner import StageResult, compute_fingerprints, stage_record, state_dir
+from uwav.stages.pseudo_labels import available_ids
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from uwav.features.store import FeatureStore
+    from uwav.training.data import HanFeatures, HanTrainData, LabelledSplit
+    from uwav.workspace import DatasetTables
+
+
+def han_features(catalog: Catalog, store: FeatureStore, manifest: pl.DataFrame) -> tuple[SplitArrays, HanFeatures]:
+    """HAN inputs of the usable videos of `manifest` per the catalog's `han.inputs`."""
+    from uwav.training.data import HanFeatures
+
+    names = HAN_INPUT_FEATURES[catalog.stages.train.han.inputs]
+    split = load_split(store, manifest, names)
+    audio, visual2d, visual3d = (split.features[name] for name in names)
+    return split, HanFeatures.from_arrays(audio, visual2d, visual3d, split.lengths)
+
+
+def labelled_split(catalog: Catalog, store: FeatureStore, tables: DatasetTables, split_name: str) -> tuple[SplitArrays, LabelledSplit]:
+    """Features and dense ground truth of a split's videos that have dense labels."""
+    import polars as pl
+
+    from uwav.training.data import LabelledSplit
+    from uwav.workspace import dense_truth
+
+    labelled = tables.split(split_name).filter(pl.col("video_id").is_in(tables.dense["video_id"].implode()))
+    split, features = han_features(catalog, store, labelled)
+    if not split.video_ids:
+        raise StageError(f"no {split_name} video of {tables.name!r} has dense labels and HAN features")
+    truth = dense_truth(tables, split.video_ids, features.n_segments)
+    assert truth is not None
+    return split, LabelledSplit.from_arrays(features, truth["audio"], truth["visual"])
+
+
+def target_task(catalog: Catalog) -> Task:
+    return catalog.dataset(catalog.target).task
+
+
+def train_settings(catalog: Catalog) -> TrainSettings:
+    """The train settings the target's task trains with (AVE: its own recipe)."""
+    from uwav.training.han_train import ave_settings
+
+    return catalog.stages.train if target_task(catalog) == "llp" else ave_settings(catalog.stages.train)
+
+
+@dataclass(frozen=True)
+class HanInputs:
+    data: HanTrainData
+    tables: DatasetTables  # the target's
+    train_videos: int
+    excluded_train_videos: int
+    val_videos: int
+
+
+def han_train_inputs(catalog: Catalog) -> HanInputs:
+    """Training features, weak labels and pseudo-labels, and the validation split, from the stores."""
+    import numpy as np
+
+    from uwav.labels import read_pseudo_labels
+    from uwav.training.data import HanTrainData
+    from uwav.workspace import weak_label_matrix
+
+    tables = dataset_tables(catalog, "target")
+    store = open_store(catalog)
+    folder = PseudoLabelsOutputs.of(stage_record(catalog, "pseudo_labels").outputs).pseudo_labels
+    train_manifest = tables.split("train")
+    train_split, train_features = han_features(catalog, store, train_manifest)
+    ids = available_ids(folder, train_split.video_ids)
+    if len(ids) != len(train_split.video_ids):
+        raise StageError(f"train: {len(train_split.video_ids) - len(ids)} training videos have features but no pseudo-labels")
+    labels = read_pseudo_labels(folder, ids)
+    stacked = {
+        kind: np.stack([labels.arrays[f"audio_{kind}"], labels.arrays[f"visual_{kind}"]], axis=2).astype(np.float32)
+        for kind in ("soft", "hard")
+    }
+    weak = weak_label_matrix(train_manifest.filter(train_manifest["video_id"].is_in(ids)), tables.classes)
+    val_split, val = labelled_split(catalog, store, tables, "val")
+    data = HanTrainData.from_arrays(train_features, weak, stacked["soft"], stacked["hard"], val)
+    return HanInputs(data, tables, len(ids), train_split.excluded, len(val_split.video_ids))
+
+
+def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
+    from uwav.training.han_train import train_han
+
+    inputs = han_train_inputs(catalog)
+    result = train_han(inputs.data, train_settings(catalog), out_dir, task=target_task(catalog), progress=progress)
+    history = out_dir / "history.json"
+    history.write_text(json.dumps(result.history, indent=1))
+    return StageResult(
+        TrainOutputs(result.best_checkpoint, history),
+        {"train_videos": inputs.train_videos, "val_videos": inputs.val_videos,
+         "excluded_train_videos": inputs.excluded_train_videos,
+         "best_epoch": result.best_epoch, "best_val_score": result.best_score},
+    )
+
+
+def run_ablation_grid(catalog: Catalog, *, progress: bool = True) -> pl.DataFrame:
+    """The paper's Table-4 grid (HAN baselines, binary, soft, soft+reweight, soft+mixup, all) on the
+    catalog's pseudo-labels, each scored on the evaluation split; resumable per variant. Needs
+    the pipeline up to `pseudo_labels` (run it first)."""
+    from uwav.training.han_train import run_ablation
+
+    inputs = han_train_inputs(catalog)
+    _, test = labelled_split(catalog, open_store(catalog), inputs.tables, catalog.stages.evaluate.split)
+    run_dir = state_dir(catalog).stage_dir("ablation", compute_fingerprints(catalog)["train"])
+    table = run_ablation(
+        inputs.data, train_settings(catalog), run_dir, test=test, task=target_task(catalog), progress=progress
+    )
+    table.write_parquet(run_dir / "ablation.parquet")
+    return table
