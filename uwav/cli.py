@@ -1,15 +1,44 @@
-"""`uwav ...`: the command line. Thin: every command calls the library."""
+"""`uwav ...`: the command line. Thin: every command calls the library.
+
+A `UwavError` (a failure the user can fix: a bad catalog, a missing input, a wrong setting) from
+any command prints as one `error: ...` line on stderr with exit status 2, like a usage error;
+`uwav --debug ...` shows its traceback instead. Any other exception is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, get_args
+from typing import Annotated, Any, get_args
 
+import click
 import typer
+from typer.core import TyperGroup
 
-from uwav.catalog import CatalogError, Catalog, Task, check_catalog, load_catalog
+from uwav.catalog import Task, check_catalog, load_catalog
+from uwav.errors import InvalidInputError, UwavError
 
-app = typer.Typer(help="UWAV: weakly-supervised audio-visual video parsing pipeline.", no_args_is_help=True)
+USER_ERROR_EXIT = 2
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message on one line (a catalog error lists one key per line)."""
+    return "; ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+
+
+class _UwavGroup(TyperGroup):
+    """Catches a UwavError from every command, sub-app commands included, in one place."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UwavError as error:
+            if ctx.params.get("debug"):
+                raise
+            typer.echo(f"error: {one_line(error)}", err=True)
+            raise typer.Exit(USER_ERROR_EXIT) from None
+
+
+app = typer.Typer(cls=_UwavGroup, no_args_is_help=True)
 catalog_app = typer.Typer(help="Inspect the data catalog.", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
 
@@ -17,18 +46,18 @@ CatalogOption = Annotated[Path, typer.Option("--catalog", "-c", help="Path of da
 DEFAULT_CATALOG = Path("data_catalog.yaml")
 
 
-def _load(path: Path) -> Catalog:
-    try:
-        return load_catalog(path)
-    except CatalogError as error:
-        typer.echo(str(error), err=True)
-        raise typer.Exit(2) from None
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="On an error, show the traceback instead of the one-line message.")] = False,
+) -> None:
+    """UWAV: weakly-supervised audio-visual video parsing pipeline."""
+    # `debug` is read by _UwavGroup.invoke, which wraps every command.
 
 
 @catalog_app.command("check")
 def catalog_check(catalog: CatalogOption = DEFAULT_CATALOG) -> None:
     """Print every location the catalog names, resolved, and whether it exists. Exit 1 if any is missing."""
-    loaded = _load(catalog)
+    loaded = load_catalog(catalog)
     typer.echo(f"catalog {catalog.resolve()}: target={loaded.target} pretrain={loaded.pretrain}")
     missing = 0
     for key, location, exists in check_catalog(loaded):
@@ -37,8 +66,6 @@ def catalog_check(catalog: CatalogOption = DEFAULT_CATALOG) -> None:
         missing += not exists and not produced
         typer.echo(f"  {status:>15}  {key} = {location}")
     raise typer.Exit(1 if missing else 0)
-
-
 
 
 def _stage_list(value: str | None) -> list[str] | None:
@@ -53,17 +80,13 @@ def run(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run the pipeline without Prefect: stale stages run, fresh ones are skipped."""
-    from uwav.stages import StageError, run_pipeline
+    from uwav.stages import run_pipeline
 
-    loaded = _load(catalog)
-    try:
-        records = run_pipeline(
-            loaded, _stage_list(stages), _stage_list(force) or (), progress=progress,
-            on_stage=lambda record: typer.echo(f"{record.stage:>14}: done in {record.seconds:.1f} s ({record.fingerprint})"),
-        )
-    except StageError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from None
+    loaded = load_catalog(catalog)
+    records = run_pipeline(
+        loaded, _stage_list(stages), _stage_list(force) or (), progress=progress,
+        on_stage=lambda record: typer.echo(f"{record.stage:>14}: done in {record.seconds:.1f} s ({record.fingerprint})"),
+    )
     if not records:
         typer.echo("everything is fresh: nothing to do")
     elif any(record.stage == "train" for record in records):
@@ -77,7 +100,7 @@ def status(catalog: CatalogOption = DEFAULT_CATALOG) -> None:
     """Each stage as fresh, stale (and why) or missing."""
     from uwav.stages import stage_status
 
-    for item in stage_status(_load(catalog)):
+    for item in stage_status(load_catalog(catalog)):
         why = f"  ({item.why})" if item.why and item.state != "fresh" else ""
         typer.echo(f"{item.stage:>14}  {item.state:<8} {item.fingerprint}{why}")
 
@@ -98,11 +121,13 @@ def synth(
     from uwav.datasets.synthesize import synth_main
 
     if mode not in ("media", "features"):
-        typer.echo(f"error: --mode must be 'media' or 'features', got {mode!r}", err=True)
-        raise typer.Exit(2)
+        raise InvalidInputError(f"--mode must be 'media' or 'features', got {mode!r}")
     if target_layout not in get_args(Task):
-        typer.echo(f"error: --target-layout must be one of {get_args(Task)}, got {target_layout!r}", err=True)
-        raise typer.Exit(2)
+        raise InvalidInputError(f"--target-layout must be one of {get_args(Task)}, got {target_layout!r}")
+    sizes = {"--n-pretrain": n_pretrain, "--n-train": n_train, "--n-val": n_val, "--n-test": n_test}
+    too_small = [f"{flag} {value}" for flag, value in sizes.items() if value is not None and value < 1]
+    if too_small:  # as the catalog's `synthetic` block: every split has a video
+        raise InvalidInputError(f"synthetic split sizes must be at least 1, got {', '.join(too_small)}")
     written = synth_main(
         mode,  # type: ignore[arg-type]
         out,
@@ -123,7 +148,7 @@ def serve(
     limit: Annotated[int | None, typer.Option(help="Most flow runs at once.")] = None,
 ) -> None:
     """Register the uwav/* deployments with the Prefect API (PREFECT_API_URL) and serve them."""
-    _load(catalog)  # refuse a bad catalog before talking to the server
+    load_catalog(catalog)  # refuse a bad catalog before talking to the server
     from flows.deployments import serve_deployments  # Prefect lives in flows/, not in the library
 
     serve_deployments(catalog, limit=limit)
@@ -144,6 +169,8 @@ def demo(
     from uwav.evaluation.report import format_scores_table
     from uwav.stages import promote_model, run_pipeline, state_dir
 
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"--out {out}: exists and is not a folder")
     started = time.perf_counter()
     catalog_path = write_demo_catalog(out, seed)
     typer.echo(f"demo catalog: {catalog_path}")
@@ -156,10 +183,10 @@ def demo(
 
         uwav_flow(catalog=str(catalog_path))
     else:
-        loaded = _load(catalog_path)
+        loaded = load_catalog(catalog_path)
         run_pipeline(loaded, progress=True)
         promote_model(loaded, only_if_better=False)
-    record = state_dir(_load(catalog_path)).record("evaluate")
+    record = state_dir(load_catalog(catalog_path)).record("evaluate")
     assert record is not None, "the evaluate stage left no record"
     scores = record.metrics["scores"]
     (out / "metrics.json").write_text(json.dumps(scores, indent=1))
@@ -175,13 +202,9 @@ def parse(
     catalog: CatalogOption = DEFAULT_CATALOG,
 ) -> None:
     """Per-segment audio / visual / audio-visual events of VIDEOS with the catalog's current model."""
-    from uwav.stages import StageError, parse_media
+    from uwav.stages import parse_media
 
-    try:
-        outputs = parse_media(_load(catalog), videos, out)
-    except StageError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from None
+    outputs = parse_media(load_catalog(catalog), videos, out)
     typer.echo(f"events: {outputs.events_json}, {outputs.events_parquet}; segments: {outputs.segments_parquet}")
     for video_id, path in outputs.timelines.items():
         typer.echo(f"  {video_id}: {path}")
@@ -193,16 +216,12 @@ def ablation(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """The paper's Table-4 ablation grid on the catalog's pseudo-labels (runs the pipeline up to pseudo_labels first)."""
-    from uwav.stages import StageError, run_ablation_grid, run_pipeline
+    from uwav.stages import run_ablation_grid, run_pipeline
     from uwav.training.han_train import format_ablation
 
-    loaded = _load(catalog)
-    try:
-        run_pipeline(loaded, ["pseudo_labels"], progress=progress)
-        table = run_ablation_grid(loaded, progress=progress)
-    except StageError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(1) from None
+    loaded = load_catalog(catalog)
+    run_pipeline(loaded, ["pseudo_labels"], progress=progress)
+    table = run_ablation_grid(loaded, progress=progress)
     typer.echo(format_ablation(table))
 
 
