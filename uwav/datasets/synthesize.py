@@ -11,6 +11,7 @@ from typing import Literal
 
 from uwav.catalog import Task
 from uwav.datasets.synth import TARGET_LAYOUTS
+from uwav.errors import InvalidInputError
 
 
 def synth_main(
@@ -32,9 +33,9 @@ def synth_main(
     written. Each mode imports its generator here, so that the feature mode never loads PyAV.
     """
     if target_layout not in TARGET_LAYOUTS:
-        raise ValueError(f"unknown target layout {target_layout!r}: expected one of {sorted(TARGET_LAYOUTS)}")
+        raise InvalidInputError(f"unknown target layout {target_layout!r}: expected one of {sorted(TARGET_LAYOUTS)}")
     if layouts_from is not None and target_layout != "llp":
-        raise ValueError("--layouts-from draws LLP layouts from real labels; it cannot be combined with another target layout")
+        raise InvalidInputError("--layouts-from draws LLP layouts from real labels; it cannot be combined with another target layout")
     sizes = {
         name: value
         for name, value in (("n_pretrain", n_pretrain), ("n_train", n_train), ("n_val", n_val), ("n_test", n_test))
@@ -42,7 +43,7 @@ def synth_main(
     }
     if mode == "media":
         if layouts_from is not None:
-            raise ValueError("--layouts-from is only used by --mode features")
+            raise InvalidInputError("--layouts-from is only used by --mode features")
         from uwav.datasets.synth_media import write_media_benchmark
 
         return write_media_benchmark(
@@ -56,4 +57,4 @@ def synth_main(
         )
         benchmark.save(out)
         return out
-    raise ValueError(f"unknown synth mode {mode!r}: expected 'media' or 'features'")
+    raise InvalidInputError(f"unknown synth mode {mode!r}: expected 'media' or 'features'")
