@@ -90,7 +90,7 @@ def run(
     if not records:
         typer.echo("everything is fresh: nothing to do")
     elif any(record.stage == "train" for record in records):
-        from uwav.stages import promote_model
+        from uwav.stages.promotion import promote_model
 
         typer.echo(promote_model(loaded, only_if_better=False)[1])
 
@@ -167,7 +167,8 @@ def demo(
 
     from uwav.demo import write_demo_catalog
     from uwav.evaluation.report import format_scores_table
-    from uwav.stages import promote_model, run_pipeline, state_dir
+    from uwav.stages import run_pipeline, state_dir
+    from uwav.stages.promotion import promote_model
 
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"--out {out}: exists and is not a folder")
@@ -202,7 +203,7 @@ def parse(
     catalog: CatalogOption = DEFAULT_CATALOG,
 ) -> None:
     """Per-segment audio / visual / audio-visual events of VIDEOS with the catalog's current model."""
-    from uwav.stages import parse_media
+    from uwav.stages.parse import parse_media
 
     outputs = parse_media(load_catalog(catalog), videos, out)
     typer.echo(f"events: {outputs.events_json}, {outputs.events_parquet}; segments: {outputs.segments_parquet}")
@@ -216,7 +217,8 @@ def ablation(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """The paper's Table-4 ablation grid on the catalog's pseudo-labels (runs the pipeline up to pseudo_labels first)."""
-    from uwav.stages import run_ablation_grid, run_pipeline
+    from uwav.stages import run_pipeline
+    from uwav.stages.train import run_ablation_grid
     from uwav.training.han_train import format_ablation
 
     loaded = load_catalog(catalog)
