@@ -52,8 +52,8 @@ def main() -> None:
     video_ids = manifest.filter(pl.col("split") == "test")["video_id"].to_list()
     gt_audio, gt_visual = dense_to_arrays(dense.filter(pl.col("video_id").is_in(video_ids)), video_ids, LLP_CLASSES, 10)
     rng = np.random.default_rng(args.seed)
-    shape = gt_audio.shape
-    pred_audio, pred_visual = decide(rng.random(shape), rng.random(shape), rng.random(shape[:2]))
+    shape = gt_audio.shape  # (videos, segments, classes)
+    pred_audio, pred_visual = decide(rng.random(shape), rng.random(shape), rng.random((shape[0], shape[2])))
     arrays = (pred_audio, pred_visual, gt_audio, gt_visual)
 
     fast = avvp_scores(*arrays)  # warm-up, and the scores to compare
@@ -62,15 +62,15 @@ def main() -> None:
     loop_ms, loop_min_ms = _median_ms(lambda: avvp_scores_reference(*arrays), args.loop_repeats)
     max_abs_diff = max(abs(fast[key] - slow[key]) for key in fast)
 
-    print(f"LLP test split: {shape[0]} videos x {shape[1]} classes x {shape[2]} segments, random predictions")
+    print(f"LLP test split: {shape[0]} videos x {shape[1]} segments x {shape[2]} classes, random predictions")
     print(f"vectorised: median {vectorised_ms:.2f} ms, min {vectorised_min_ms:.2f} ms ({args.repeats} runs)")
     print(f"loop:       median {loop_ms:.1f} ms, min {loop_min_ms:.1f} ms ({args.loop_repeats} runs)")
     print(f"speedup (medians): {loop_ms / vectorised_ms:.0f}x; max |difference| over the 10 scores: {max_abs_diff:.3g}")
     print("scores: " + ", ".join(f"{key} {value:.2f}" for key, value in fast.items()))
     result = {
         "videos": shape[0],
-        "classes": shape[1],
-        "segments": shape[2],
+        "classes": shape[2],
+        "segments": shape[1],
         "vectorised_ms": round(vectorised_ms, 3),
         "vectorised_min_ms": round(vectorised_min_ms, 3),
         "loop_ms": round(loop_ms, 1),

@@ -89,6 +89,7 @@ import polars as pl
 import torch
 
 from uwav.catalog import HanSettings, PretrainSettings, Task, TrainSettings
+from uwav.contracts import MODALITIES, AudioVisual
 from uwav.datasets.synth import TARGET_LAYOUTS
 from uwav.datasets.synth_features import FeatureDifficulty, SyntheticFeatureBenchmark, make_feature_benchmark
 from uwav.evaluation import dense_to_arrays, pseudo_label_quality
@@ -100,7 +101,6 @@ from uwav.labels.rules import binary_pseudo_labels, soft_pseudo_labels
 from uwav.training.pretrain import predict_plg, pretrain_plg
 
 DEFAULT_LLP_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "llp"
-MODALITY_KEYS = ("audio", "visual")  # the modality axis order of HAN outputs and pseudo-label arrays
 # Ablation variant names (uwav.training.han_train.ABLATION_VARIANTS) -> short keys of the JSON line.
 VARIANT_KEYS = {
     "HAN (video loss only)": "han_baseline",
@@ -192,7 +192,7 @@ class TargetSplit:
     clap: np.ndarray  # (N, T, D) audio PLG input
     lengths: np.ndarray  # (N,) int64
     video_labels: np.ndarray  # (N, C) weak labels, float32
-    gt: tuple[np.ndarray, np.ndarray] | None  # (gt_audio, gt_visual) bool (N, C, T) from the dense table
+    gt: AudioVisual[np.ndarray] | None  # bool (N, T, C) from the dense table
 
     @property
     def valid(self) -> np.ndarray:
@@ -257,12 +257,11 @@ def generator_logits(
     """PLG logits {'audio', 'visual'} (N, T, C) of a target split with the target class prompts (NaN when padded)."""
     text = bench.target.text_embeddings["clip"], bench.target.text_embeddings["clap"]
     if temporal:
-        visual, audio = predict_plg(model, split.clip, split.clap, split.lengths, *text)
-        return {"audio": audio, "visual": visual}
+        return predict_plg(model, split.clip, split.clap, split.lengths, *text)._asdict()
     clip, clap = (single_segment_videos(x, split.lengths) for x in (split.clip, split.clap))
-    visual, audio = predict_plg(model, clip, clap, np.ones(len(clip), dtype=np.int64), *text)
+    per_segment = predict_plg(model, clip, clap, np.ones(len(clip), dtype=np.int64), *text)
     out = {}
-    for name, logits in (("audio", audio), ("visual", visual)):
+    for name, logits in per_segment._asdict().items():
         full = np.full((*split.valid.shape, logits.shape[-1]), np.nan, dtype=np.float32)
         full[split.valid] = logits[:, 0]
         out[name] = full
@@ -273,7 +272,7 @@ def calibrate(logits: dict[str, np.ndarray], split: TargetSplit, classes: tuple[
     """Per-class, per-modality F1-maximising thresholds on a dense-labelled split (val)."""
     if split.gt is None:
         raise ValueError("calibration needs a split with dense labels")
-    truth = {m: split.gt[i].transpose(0, 2, 1) for i, m in enumerate(MODALITY_KEYS)}  # (N, T, C)
+    truth = split.gt._asdict()
     return calibrate_thresholds(logits, split.video_labels, split.valid, list(classes), dense_truth=truth)
 
 
@@ -283,7 +282,7 @@ def pseudo_labels(
     """(soft, binary) pseudo-labels (N, T, 2, C), modality axis (audio, visual)."""
     y = torch.from_numpy(video_labels)
     soft, binary = [], []
-    for m in MODALITY_KEYS:
+    for m in MODALITIES:
         z = torch.from_numpy(np.nan_to_num(logits[m], nan=-1e4))  # padded segments: confident negatives
         theta = torch.from_numpy(thresholds.thresholds[m]).float()
         soft.append(soft_pseudo_labels(z, theta, y))
@@ -295,8 +294,8 @@ def label_quality(binary: torch.Tensor | np.ndarray, split: TargetSplit) -> dict
     """Table 3: the LLP protocol with binary (N, T, 2, C) labels of a dense-labelled split as predictions."""
     if split.gt is None:
         raise ValueError("pseudo-label quality needs a split with dense labels")
-    hard = np.asarray(binary).astype(bool).transpose(0, 2, 3, 1)  # (N, 2, C, T)
-    return pseudo_label_quality(hard[:, 0], hard[:, 1], *split.gt)
+    hard = np.asarray(binary).astype(bool)
+    return pseudo_label_quality(hard[:, :, 0], hard[:, :, 1], *split.gt)
 
 
 def weak_label_broadcast(split: TargetSplit) -> np.ndarray:

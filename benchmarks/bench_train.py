@@ -95,8 +95,8 @@ def build_data(n_videos: int, n_val: int, t: int, official_dir: Path | None) -> 
     soft = (rng.random((n_videos, t, 2, N_CLASSES), dtype=np.float32) * video_labels[:, None, None, :]).astype(np.float32)
     binary = (soft > 0.5).astype(np.float32)
     val, val_labels = synthetic_split(n_val, t, seed=2)
-    gt_audio = val_labels[:, :, None] & (rng.random((n_val, N_CLASSES, t)) < 0.5)
-    gt_visual = val_labels[:, :, None] & (rng.random((n_val, N_CLASSES, t)) < 0.5)
+    gt_audio = val_labels[:, None, :] & (rng.random((n_val, t, N_CLASSES)) < 0.5)
+    gt_visual = val_labels[:, None, :] & (rng.random((n_val, t, N_CLASSES)) < 0.5)
     return HanTrainData.from_arrays(train, video_labels, soft, binary, LabelledSplit.from_arrays(val, gt_audio, gt_visual))
 
 

@@ -179,7 +179,7 @@ def test_evaluate_stage_masks_padded_segments_like_validation(tmp_path: Path) ->
     # positive and the scores change (the evaluate stage before the fix would fail (a)).
     segment_prob, video_prob = predict_han(model, labelled.features)
     pred_audio, pred_visual = llp_decisions(segment_prob, video_prob, THRESHOLD)
-    padded = padding_mask_from_lengths(lengths, labelled.features.n_segments).numpy()[:, None, :]
+    padded = padding_mask_from_lengths(lengths, labelled.features.n_segments).numpy()[:, :, None]
     assert (pred_audio & padded).any() or (pred_visual & padded).any(), "no padded segment predicted positive"
     unmasked = avvp_scores(pred_audio, pred_visual, labelled.gt_audio, labelled.gt_visual)
     differing = {key: (unmasked[key], expected[key]) for key in expected if abs(unmasked[key] - expected[key]) > 1e-6}

@@ -31,11 +31,13 @@ EVALUATORS = pytest.mark.parametrize("evaluate", [avvp_scores, avvp_scores_refer
 
 
 def _row(*on: int, n_seg: int = 10) -> list[int]:
-    """A (segments,) 0/1 row with the given segments on."""
+    """A (segments,) 0/1 row of one class with the given segments on."""
     return [1 if t in on else 0 for t in range(n_seg)]
 
 
-# Four videos, 2 classes, 10 segments; class 1 is all negative wherever not listed.
+# Four videos, 2 classes, 10 segments, written as one row per class (the layout of the public
+# evaluator); `_hand_arrays` gives them in the protocol's (videos, segments, classes) layout.
+# Class 1 is all negative wherever not listed.
 #   video 0: everything negative (the 1.0 rule).
 #   video 1: audio c0 pred [1,4) vs gt [0,3) -> IoU 2/4 = 0.5 exactly (a match); audio c1 a lone
 #            predicted segment; visual c0 exact, visual c1 pred [4,6) vs gt [3,6) (IoU 2/3);
@@ -80,7 +82,7 @@ EXPECTED_PER_VIDEO = {
 
 
 def _hand_arrays() -> tuple[np.ndarray, ...]:
-    return tuple(np.array(x, dtype=np.int64) for x in (PRED_AUDIO, PRED_VISUAL, GT_AUDIO, GT_VISUAL))
+    return tuple(np.array(x, dtype=np.int64).transpose(0, 2, 1) for x in (PRED_AUDIO, PRED_VISUAL, GT_AUDIO, GT_VISUAL))
 
 
 def test_hand_worked_per_video_scores() -> None:
@@ -134,7 +136,7 @@ def test_rejects_non_binary_and_mismatched_inputs() -> None:
     with pytest.raises(ValueError, match="pred_audio: values must be 0 or 1"):
         avvp_scores(pa * 0.7, pv, ga, gv)
     with pytest.raises(ValueError, match="one shape"):
-        avvp_scores(pa[:, :, :5], pv, ga, gv)
+        avvp_scores(pa[:, :5], pv, ga, gv)
     with pytest.raises(ValueError, match="at least one video"):
         avvp_scores(pa[:0], pv[:0], ga[:0], gv[:0])
 
@@ -151,7 +153,7 @@ def test_pseudo_label_quality_is_the_protocol_on_pseudo_labels() -> None:
 
 @st.composite
 def _binary_quadruples(draw: st.DrawFn) -> tuple[np.ndarray, ...]:
-    shape = (draw(st.integers(1, 8)), draw(st.integers(1, 5)), draw(st.integers(1, 16)))
+    shape = (draw(st.integers(1, 8)), draw(st.integers(1, 16)), draw(st.integers(1, 5)))  # (videos, segments, classes)
     return tuple(draw(hnp.arrays(np.bool_, shape)) for _ in range(4))
 
 
@@ -169,8 +171,8 @@ def test_vectorised_matches_loop_on_long_videos() -> None:
     arrays = []
     for density in (0.9, 0.85, 0.9, 0.8):
         # Long runs: a segment repeats the previous one with probability `density`.
-        flips = rng.random((3, 4, 300)) > density
-        arrays.append(np.cumsum(flips, axis=-1) % 2 == 1)
+        flips = rng.random((3, 300, 4)) > density
+        arrays.append(np.cumsum(flips, axis=1) % 2 == 1)
     fast, slow = avvp_scores(*arrays), avvp_scores_reference(*arrays)
     assert fast == slow
 
@@ -195,15 +197,15 @@ def _ground_truth(llp: tuple[pl.DataFrame, pl.DataFrame], split: str) -> tuple[l
 
 
 def _ground_truth_from_raw_csvs(shared_data: Path, video_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The reference evaluator's construction: for each video, its CSV rows set gt[class, onset:offset] = 1."""
+    """The reference evaluator's construction: for each video, each CSV row sets its class on in segments [onset, offset)."""
     arrays = []
     for modality in ("audio", "visual"):
         rows = pl.read_csv(_llp_dir(shared_data) / LLP_DENSE_FILES[modality], separator="\t")
-        gt = np.zeros((len(video_ids), len(LLP_CLASSES), 10), dtype=bool)
+        gt = np.zeros((len(video_ids), 10, len(LLP_CLASSES)), dtype=bool)
         by_video = rows.partition_by("filename", as_dict=True)
         for v, video_id in enumerate(video_ids):
             for _, onset, offset, label in by_video.get((video_id,), rows.clear()).iter_rows():
-                gt[v, LLP_CLASSES.index(label), onset:offset] = True
+                gt[v, onset:offset, LLP_CLASSES.index(label)] = True
         arrays.append(gt)
     return arrays[0], arrays[1]
 
@@ -222,8 +224,8 @@ def test_vectorised_matches_loop_on_llp(llp, split: str) -> None:
     _, gt_audio, gt_visual = _ground_truth(llp, split)
     assert avvp_scores(gt_audio, gt_visual, gt_audio, gt_visual) == {key: 100.0 for key in SCORE_KEYS}
     rng = np.random.default_rng(0 if split == "val" else 1)
-    shape = gt_audio.shape
-    random_pred = decide(rng.random(shape), rng.random(shape), rng.random(shape[:2]))
+    shape = gt_audio.shape  # (videos, segments, classes)
+    random_pred = decide(rng.random(shape), rng.random(shape), rng.random((shape[0], shape[2])))
     # Ground truth with ~5% of segments flipped: realistic partial overlaps of every kind.
     perturbed_pred = (gt_audio ^ (rng.random(shape) < 0.05), gt_visual ^ (rng.random(shape) < 0.05))
     for pred_audio, pred_visual in (random_pred, perturbed_pred):
@@ -236,15 +238,15 @@ def test_vectorised_matches_loop_on_llp(llp, split: str) -> None:
 
 
 def test_decide_needs_both_probabilities_at_least_threshold() -> None:
-    seg_audio = np.array([[[0.5, 0.49, 0.9]], [[0.9, 0.9, 0.9]]])  # (2 videos, 1 class, 3 segments)
-    seg_visual = np.array([[[0.2, 0.7, 0.5]], [[0.9, 0.1, 0.9]]])
+    seg_audio = np.array([[[0.5], [0.49], [0.9]], [[0.9], [0.9], [0.9]]])  # (2 videos, 3 segments, 1 class)
+    seg_visual = np.array([[[0.2], [0.7], [0.5]], [[0.9], [0.1], [0.9]]])
     video = np.array([[0.5], [0.4999]])
     pred_audio, pred_visual = decide(seg_audio, seg_visual, video)
     assert pred_audio.dtype == np.bool_
-    assert pred_audio.tolist() == [[[True, False, True]], [[False, False, False]]]
-    assert pred_visual.tolist() == [[[False, True, True]], [[False, False, False]]]
+    assert pred_audio.tolist() == [[[True], [False], [True]], [[False], [False], [False]]]
+    assert pred_visual.tolist() == [[[False], [True], [True]], [[False], [False], [False]]]
     pred_audio, _ = decide(seg_audio, seg_visual, video, threshold=0.3)
-    assert pred_audio.tolist() == [[[True, True, True]], [[True, True, True]]]
+    assert pred_audio.tolist() == [[[True], [True], [True]], [[True], [True], [True]]]
     with pytest.raises(ValueError, match="video_prob"):
         decide(seg_audio, seg_visual, video[:, 0])
 
@@ -278,10 +280,10 @@ def test_dense_to_arrays_merges_overlaps_and_keeps_order() -> None:
         ]
     )
     gt_audio, gt_visual = dense_to_arrays(dense, ["a", "b", "c"], ["Cat", "Dog"], 6)
-    assert gt_audio.shape == gt_visual.shape == (3, 2, 6)
-    assert gt_audio[1, 1].tolist() == [True] * 5 + [False]
-    assert gt_audio[0, 0].tolist() == [False] * 5 + [True]
-    assert gt_visual[1, 0].tolist() == [False] * 4 + [True] * 2
+    assert gt_audio.shape == gt_visual.shape == (3, 6, 2)
+    assert gt_audio[1, :, 1].tolist() == [True] * 5 + [False]
+    assert gt_audio[0, :, 0].tolist() == [False] * 5 + [True]
+    assert gt_visual[1, :, 0].tolist() == [False] * 4 + [True] * 2
     assert gt_audio.sum() == 6 and gt_visual.sum() == 2 and not gt_audio[2].any()
 
 

@@ -45,6 +45,7 @@ EVIL = "<script>alert(1)</script>"
 
 
 def _row(*on: int, n_seg: int = 10) -> list[bool]:
+    """One class's (segments,) row; stacked rows are transposed to the (segments, classes) layout."""
     return [t in on for t in range(n_seg)]
 
 
@@ -52,15 +53,15 @@ def _row(*on: int, n_seg: int = 10) -> list[bool]:
 
 
 def test_positive_runs_at_the_boundaries() -> None:
-    x = np.array([_row(0, 1, 2, 8, 9), _row(), _row(*range(10)), _row(5)])
+    x = np.array([_row(0, 1, 2, 8, 9), _row(), _row(*range(10)), _row(5)]).T
     row, start, end = positive_runs(x)
     assert list(zip(row.tolist(), start.tolist(), end.tolist(), strict=True)) == [(0, 0, 3), (0, 8, 10), (2, 0, 10), (3, 5, 6)]
 
 
 def test_segments_to_events_hand_worked() -> None:
     classes = ["Speech", "Dog"]
-    audio = np.array([_row(0, 1, 2, 8, 9), _row(5)])
-    visual = np.array([_row(1, 2, 3, 4, 5, 6, 7, 8), _row()])
+    audio = np.array([_row(0, 1, 2, 8, 9), _row(5)]).T
+    visual = np.array([_row(1, 2, 3, 4, 5, 6, 7, 8), _row()]).T
     events = segments_to_events(audio, visual, classes)
     assert [(e["modality"], e["label"], e["onset"], e["offset"]) for e in events] == [
         ("audio", "Speech", 0.0, 3.0),
@@ -75,15 +76,15 @@ def test_segments_to_events_hand_worked() -> None:
 
 
 def test_event_confidence_is_the_mean_probability_and_av_takes_the_weaker_side() -> None:
-    audio, visual = np.array([_row(0, 1, n_seg=3)]), np.array([_row(1, 2, n_seg=3)])
-    probs_audio, probs_visual = np.array([[0.9, 0.7, 0.1]]), np.array([[0.2, 0.6, 0.8]])
+    audio, visual = np.array([_row(0, 1, n_seg=3)]).T, np.array([_row(1, 2, n_seg=3)]).T
+    probs_audio, probs_visual = np.array([[0.9, 0.7, 0.1]]).T, np.array([[0.2, 0.6, 0.8]]).T
     events = segments_to_events(audio, visual, ["Cat"], probs_audio, probs_visual)
     confidence = {e["modality"]: e["confidence"] for e in events}
     assert confidence == pytest.approx({"audio": 0.8, "visual": 0.7, "audio-visual": 0.6})
 
 
 def test_events_end_at_the_video_duration() -> None:
-    on = np.ones((1, 11), dtype=bool)
+    on = np.ones((11, 1), dtype=bool)
     (audio_event, _, _) = segments_to_events(on, on, ["Car"], duration_s=10.6)
     assert (audio_event["onset"], audio_event["offset"]) == (0.0, 10.6)
     with pytest.raises(ValueError, match="10.4 s video has 10 segments"):
@@ -199,25 +200,25 @@ def test_pseudo_label_quality_and_ablation_tables() -> None:
 
 def _video() -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     classes = ["Speech", "Car", EVIL, "Dog"]
-    pred_audio, pred_visual = np.zeros((4, 10), bool), np.zeros((4, 10), bool)
-    gt_audio, gt_visual = np.zeros((4, 10), bool), np.zeros((4, 10), bool)
-    pred_audio[0, :6] = gt_audio[0, :] = True
-    gt_visual[2, 3:5] = True
-    pred_visual[3, 8:] = True
+    pred_audio, pred_visual = np.zeros((10, 4), bool), np.zeros((10, 4), bool)
+    gt_audio, gt_visual = np.zeros((10, 4), bool), np.zeros((10, 4), bool)
+    pred_audio[:6, 0] = gt_audio[:, 0] = True
+    gt_visual[3:5, 2] = True
+    pred_visual[8:, 3] = True
     return classes, pred_audio, pred_visual, gt_audio, gt_visual
 
 
 def test_timeline_shows_the_classes_in_prediction_or_truth_and_renders_png(tmp_path: Path) -> None:
     classes, pred_audio, pred_visual, gt_audio, gt_visual = _video()
-    probs = np.linspace(0, 1, 40).reshape(4, 10)
+    probs = np.linspace(0, 1, 40).reshape(4, 10).T
     fig = timeline_figure("vid", classes, pred_audio, pred_visual, gt_audio, gt_visual, probs, probs)
     for ax in fig.axes:
         assert [label.get_text() for label in ax.get_yticklabels()] == ["Speech", EVIL, "Dog"]
         assert ax.get_xlim() == (0.0, 10.0)
     path = save_png(fig, tmp_path / "figs" / "vid.png")
     assert path.read_bytes().startswith(PNG_MAGIC) and path.stat().st_size > 5_000
-    with pytest.raises(ValueError, match="'vid': gt_visual must be \\(4, 10\\)"):
-        timeline_figure("vid", classes, pred_audio, pred_visual, gt_audio, gt_visual[:, :5])
+    with pytest.raises(ValueError, match="'vid': gt_visual must be \\(10, 4\\)"):
+        timeline_figure("vid", classes, pred_audio, pred_visual, gt_audio, gt_visual[:5])
 
 
 def test_training_curves_figure() -> None:

@@ -118,7 +118,7 @@ def han_data(seed: int = 0, n: int = 48, n_val: int = 16, c: int = 4, t: int = 5
     soft = np.where(dense > 0, 0.8, 0.1) * video[:, None, None, :]
     val, _, val_audio, val_visual = han_split(rng, n_val, c, t, one_event)
     return HanTrainData.from_arrays(
-        train, video, soft, dense, LabelledSplit.from_arrays(val, val_audio.transpose(0, 2, 1), val_visual.transpose(0, 2, 1))
+        train, video, soft, dense, LabelledSplit.from_arrays(val, val_audio, val_visual)
     )
 
 
@@ -258,7 +258,8 @@ def test_pretrain_learns_and_predicts(tmp_path: Path) -> None:
     assert [e for e, _ in epoch_checkpoints(tmp_path / "checkpoints")] == [2, 3, 4, 5, 6]  # newest 5 kept
 
     model = load_plg(result.checkpoint)
-    visual_logits, audio_logits = predict_plg(model, data.visual, data.audio, data.lengths, data.visual_text, data.audio_text, batch_size=5)
+    logits = predict_plg(model, data.visual, data.audio, data.lengths, data.visual_text, data.audio_text, batch_size=5)
+    visual_logits, audio_logits = logits.visual, logits.audio
     padded = (torch.arange(data.visual.shape[1])[None, :] >= data.lengths[:, None]).numpy()
     assert visual_logits.shape == audio_logits.shape == tuple(data.segment_labels.shape)
     assert np.isnan(visual_logits[padded]).all() and not np.isnan(audio_logits[~padded]).any()
@@ -267,7 +268,7 @@ def test_pretrain_learns_and_predicts(tmp_path: Path) -> None:
     product = 1 / (1 + np.exp(-visual_logits[~padded])) / (1 + np.exp(-audio_logits[~padded]))
     assert product[labels].mean() > product[~labels].mean() + 0.2
     # bf16 prediction: autocast is on (other numerics), the logits stay float32 and close.
-    reduced, _ = predict_plg(model, data.visual, data.audio, data.lengths, data.visual_text, data.audio_text, precision="bf16")
+    reduced = predict_plg(model, data.visual, data.audio, data.lengths, data.visual_text, data.audio_text, precision="bf16").visual
     assert reduced.dtype == np.float32 and not np.array_equal(reduced[~padded], visual_logits[~padded])
     assert np.abs(reduced[~padded] - visual_logits[~padded]).max() < 0.1 * np.abs(visual_logits[~padded]).max()
 
@@ -392,12 +393,12 @@ def test_ave_decision_rule_and_targets() -> None:
     segment[0, 3, :, 1], segment[0, 3, :, 2] = 0.6, 0.7  # larger p_a * p_v wins: class 2
     video = np.array([[0.2, 0.9, 0.9]], np.float32)
     assert ave_predictions(segment, video).tolist() == [[1, c, c, 2]]
-    gt_audio = np.zeros((1, c, 4), bool)
-    gt_audio[0, 1, :2] = True
+    gt_audio = np.zeros((1, 4, c), bool)
+    gt_audio[0, :2, 1] = True
     gt_visual = gt_audio.copy()
-    gt_audio[0, 2, 3] = True  # audio only: not an audio-visual event
+    gt_audio[0, 3, 2] = True  # audio only: not an audio-visual event
     assert ave_targets(gt_audio, gt_visual).tolist() == [[1, 1, c, c]]
-    gt_visual[0, 2, :] = gt_audio[0, 2, :] = True
+    gt_visual[0, :, 2] = gt_audio[0, :, 2] = True
     with pytest.raises(ValueError, match="video index 0"):
         ave_targets(gt_audio, gt_visual)
 

@@ -57,22 +57,22 @@ def segments_to_events(
     *,
     duration_s: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Events of one video from its binary (classes, segments) decisions.
+    """Events of one video from its binary (segments, classes) decisions.
 
     Returns dicts `modality, label, onset, offset, confidence` (seconds), ordered by modality
-    (audio, visual, audio-visual), then class, then onset. Probabilities are (classes, segments)
+    (audio, visual, audio-visual), then class, then onset. Probabilities are (segments, classes)
     and both or neither must be given. With `duration_s`, the video must have
     `n_segments_for_duration(duration_s)` segments and offsets are clipped to the duration.
     """
     audio, visual = np.asarray(pred_audio, dtype=bool), np.asarray(pred_visual, dtype=bool)
-    if audio.ndim != 2 or audio.shape != visual.shape or audio.shape[0] != len(classes):
+    if audio.ndim != 2 or audio.shape != visual.shape or audio.shape[1] != len(classes):
         raise ValueError(
-            f"segments_to_events: expected pred_audio and pred_visual ({len(classes)} classes, segments), "
+            f"segments_to_events: expected pred_audio and pred_visual (segments, {len(classes)} classes), "
             f"got {audio.shape} and {visual.shape}"
         )
     if (probs_audio is None) != (probs_visual is None):
         raise ValueError("segments_to_events: give both probs_audio and probs_visual, or neither")
-    n_segments = audio.shape[1]
+    n_segments = audio.shape[0]
     end_s = n_segments * SEGMENT_S
     if duration_s is not None:
         if n_segments_for_duration(duration_s) != n_segments:
@@ -101,7 +101,7 @@ def segments_to_events(
                     "label": classes[c],
                     "onset": float(start * SEGMENT_S),
                     "offset": min(float(end * SEGMENT_S), end_s),
-                    "confidence": None if prob is None else float(prob[c, start:end].mean()),
+                    "confidence": None if prob is None else float(prob[start:end, c].mean()),
                 }
             )
     return events
@@ -115,17 +115,17 @@ def _segment_labels(
     return [
         {
             "segment": t,
-            "audio": names[pred_audio[:, t]].tolist(),
-            "visual": names[pred_visual[:, t]].tolist(),
-            "audio_visual": names[pred_audio[:, t] & pred_visual[:, t]].tolist(),
+            "audio": names[pred_audio[t]].tolist(),
+            "visual": names[pred_visual[t]].tolist(),
+            "audio_visual": names[pred_audio[t] & pred_visual[t]].tolist(),
         }
-        for t in range(pred_audio.shape[1])
+        for t in range(pred_audio.shape[0])
     ]
 
 
 @dataclass(frozen=True)
 class ParsedVideo:
-    """One video's decisions (bool (classes, segments), padding removed), probabilities and outputs."""
+    """One video's decisions (bool (segments, classes), padding removed), probabilities and outputs."""
 
     video_id: str
     duration_s: float | None
@@ -163,8 +163,7 @@ def parse_videos(
     n_segments = segment_prob.shape[1]
     if durations_s is not None and len(durations_s) != n_videos:
         raise ValueError(f"parse: {len(durations_s)} durations for {n_videos} videos")
-    by_class = segment_prob.transpose(0, 3, 1, 2)  # (N, C, T, modality)
-    probs_audio, probs_visual = by_class[..., _AUDIO], by_class[..., _VISUAL]
+    probs_audio, probs_visual = segment_prob[:, :, _AUDIO], segment_prob[:, :, _VISUAL]
     pred_audio, pred_visual = decide(probs_audio, probs_visual, video_prob, threshold)
 
     parsed = []
@@ -173,8 +172,8 @@ def parse_videos(
         length = n_segments if duration is None else n_segments_for_duration(duration)
         if not 1 <= length <= n_segments:
             raise ValueError(f"parse: video {video_id!r} of {duration} s needs {length} segments; the outputs have {n_segments}")
-        audio, visual = pred_audio[i, :, :length], pred_visual[i, :, :length]
-        prob_a, prob_v = probs_audio[i, :, :length], probs_visual[i, :, :length]
+        audio, visual = pred_audio[i, :length], pred_visual[i, :length]
+        prob_a, prob_v = probs_audio[i, :length], probs_visual[i, :length]
         parsed.append(
             ParsedVideo(
                 video_id=video_id,
@@ -257,7 +256,7 @@ def write_parse_outputs(
             {
                 "video_id": video.video_id,
                 "duration_s": video.duration_s,
-                "n_segments": int(video.pred_audio.shape[1]),
+                "n_segments": int(video.pred_audio.shape[0]),
                 "events": video.events,
                 "segments": video.segments,
             }

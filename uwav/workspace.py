@@ -61,7 +61,7 @@ def weak_label_matrix(manifest: pl.DataFrame, classes: list[str]) -> np.ndarray:
 
 
 def dense_truth(tables: DatasetTables, video_ids: list[str], n_segments: int) -> dict[str, np.ndarray] | None:
-    """(N, C, T) bool dense truth per modality for `video_ids`, or None when none of them has dense labels."""
+    """(N, T, C) bool dense truth per modality for `video_ids`, or None when none of them has dense labels."""
     from uwav.evaluation import dense_to_arrays
 
     rows = tables.dense.filter(pl.col("video_id").is_in(video_ids))
@@ -77,4 +77,4 @@ def segment_label_matrix(tables: DatasetTables, video_ids: list[str], n_segments
     truth = dense_truth(tables, video_ids, n_segments)
     if truth is None:
         return np.zeros((len(video_ids), n_segments, len(tables.classes)), dtype=np.float32)
-    return (truth["audio"] & truth["visual"]).transpose(0, 2, 1).astype(np.float32)
+    return (truth["audio"] & truth["visual"]).astype(np.float32)

@@ -35,13 +35,14 @@ _NON_SCORE_KEYS = ("val_s", "train_s", "lr", "epoch")
 
 
 def positive_runs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Maximal runs of True along the last axis of a (rows, segments) bool array.
+    """Maximal runs of True along the segments of a (segments, classes) bool array.
 
-    Returns (row, start, end) int arrays, one entry per run, `end` exclusive, ordered by row then start.
+    Returns (class, start, end) int arrays, one entry per run, `end` exclusive, ordered by class then start.
     """
     x = np.asarray(x, dtype=bool)
     if x.ndim != 2:
-        raise ValueError(f"positive_runs: expected a (rows, segments) array, got shape {x.shape}")
+        raise ValueError(f"positive_runs: expected a (segments, classes) array, got shape {x.shape}")
+    x = x.T  # class rows, so that argwhere below lists runs by class
     padded = np.zeros((x.shape[0], x.shape[1] + 2), dtype=np.int8)
     padded[:, 1:-1] = x
     step = np.diff(padded, axis=1)
@@ -50,12 +51,12 @@ def positive_runs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return starts[:, 0], starts[:, 1], ends[:, 1]
 
 
-def _as_class_by_segment(name: str, video_id: str, x: np.ndarray | None, shape: tuple[int, int] | None) -> np.ndarray | None:
+def _as_segment_by_class(name: str, video_id: str, x: np.ndarray | None, shape: tuple[int, int] | None) -> np.ndarray | None:
     if x is None:
         return None
     arr = np.asarray(x)
     if arr.ndim != 2 or (shape is not None and arr.shape != shape):
-        expected = "(classes, segments)" if shape is None else str(shape)
+        expected = "(segments, classes)" if shape is None else str(shape)
         raise ValueError(f"timeline for {video_id!r}: {name} must be {expected}, got shape {arr.shape}")
     return arr
 
@@ -75,31 +76,31 @@ def timeline_figure(
 
     Predictions are filled bars, ground truth light outlined boxes behind them, and probabilities
     (when given) a step line across each row, with the row's bottom at 0 and top at 1.
-    All arrays are (classes, segments): predictions and truth bool, probabilities float.
+    All arrays are (segments, classes): predictions and truth bool, probabilities float.
     """
-    shape = _as_class_by_segment("pred_audio", video_id, pred_audio, None).shape
-    if len(classes) != shape[0]:
-        raise ValueError(f"timeline for {video_id!r}: {len(classes)} class names for {shape[0]} class rows")
+    shape = _as_segment_by_class("pred_audio", video_id, pred_audio, None).shape
+    if len(classes) != shape[1]:
+        raise ValueError(f"timeline for {video_id!r}: {len(classes)} class names for {shape[1]} classes")
 
     def lane(modality: str, pred: np.ndarray, gt: np.ndarray | None, prob: np.ndarray | None) -> dict[str, np.ndarray | None]:
-        checked_gt = _as_class_by_segment(f"gt_{modality}", video_id, gt, shape)
+        checked_gt = _as_segment_by_class(f"gt_{modality}", video_id, gt, shape)
         return {
-            "pred": _as_class_by_segment(f"pred_{modality}", video_id, pred, shape).astype(bool),
+            "pred": _as_segment_by_class(f"pred_{modality}", video_id, pred, shape).astype(bool),
             "gt": None if checked_gt is None else checked_gt.astype(bool),
-            "prob": _as_class_by_segment(f"probs_{modality}", video_id, prob, shape),
+            "prob": _as_segment_by_class(f"probs_{modality}", video_id, prob, shape),
         }
 
     lanes = {"audio": lane("audio", pred_audio, gt_audio, probs_audio), "visual": lane("visual", pred_visual, gt_visual, probs_visual)}
     has_truth = any(arrays["gt"] is not None for arrays in lanes.values())
     has_prob = any(arrays["prob"] is not None for arrays in lanes.values())
     # Rows: the classes predicted or annotated in either modality, the same rows in both panels.
-    shown = np.zeros(shape[0], dtype=bool)
+    shown = np.zeros(shape[1], dtype=bool)
     for arrays in lanes.values():
         for key in ("pred", "gt"):
             if arrays[key] is not None:
-                shown |= arrays[key].any(axis=1)
+                shown |= arrays[key].any(axis=0)
     rows = np.flatnonzero(shown)
-    n_segments = shape[1]
+    n_segments = shape[0]
     duration = n_segments * SEGMENT_S
 
     n_rows = max(len(rows), 1)
@@ -122,16 +123,16 @@ def timeline_figure(
             continue
         truth, pred, prob = arrays["gt"], arrays["pred"], arrays["prob"]
         if truth is not None:
-            row, start, end = positive_runs(truth[rows])
+            row, start, end = positive_runs(truth[:, rows])
             for r, s, e in zip(row, start, end, strict=True):
                 ax.broken_barh([(s * SEGMENT_S, (e - s) * SEGMENT_S)], (r - 0.4, 0.8), facecolors=tint, edgecolors=fill, linewidth=1.2)
-        row, start, end = positive_runs(pred[rows])
+        row, start, end = positive_runs(pred[:, rows])
         for r, s, e in zip(row, start, end, strict=True):
             ax.broken_barh([(s * SEGMENT_S, (e - s) * SEGMENT_S)], (r - 0.17, 0.34), facecolors=fill)
         if prob is not None:
             edges = np.arange(n_segments + 1) * SEGMENT_S
             for r, c in enumerate(rows):
-                values = np.clip(np.asarray(prob[c], dtype=float), 0.0, 1.0)
+                values = np.clip(np.asarray(prob[:, c], dtype=float), 0.0, 1.0)
                 # Row r spans [r - 0.45, r + 0.45] with the y axis inverted, so probability 1 is the row's top.
                 ax.stairs(r + 0.45 - 0.9 * values, edges, baseline=None, color=_PROBABILITY_COLOUR, linewidth=1.0)
     axes[-1].set_xlabel("time (s)")

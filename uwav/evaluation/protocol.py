@@ -1,8 +1,9 @@
 """The LLP / AVVP evaluation protocol, vectorised over videos (METHOD.md, "Evaluation protocol").
 
-Arrays are binary, shaped (videos, classes, segments); any number of segments T. The numbers
-are those of the public AVVP evaluator (AVVP-ECCV20 `utils/eval_metrics.py` `segment_level` /
-`event_level` and the eval loop of `main_avvp.py`), to the last bit:
+Arrays are binary, shaped (videos, segments, classes) as everywhere (`uwav.contracts`); any
+number of segments T. The numbers are those of the public AVVP evaluator (AVVP-ECCV20
+`utils/eval_metrics.py` `segment_level` / `event_level` and the eval loop of `main_avvp.py`),
+to the last bit:
 
 - audio-visual = elementwise AND of audio and visual, for predictions and ground truth alike;
 - per video, modality and class, F1 = 2TP / (2TP + FP + FN); a video's score is the mean over
@@ -29,7 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 
-from uwav.contracts import MODALITIES, validate_dense
+from uwav.contracts import MODALITIES, AudioVisual, validate_dense
 
 # Per-video scores (fractions in [0, 1]) and the summary scores (percent) built from them.
 VIDEO_SCORE_KEYS: tuple[str, ...] = (
@@ -62,7 +63,7 @@ def _check_inputs(**arrays: np.ndarray) -> dict[str, np.ndarray]:
     shapes = {name: x.shape for name, x in binary.items()}
     first = next(iter(shapes.values()))
     if len(set(shapes.values())) != 1 or len(first) != 3:
-        raise ValueError(f"expected arrays of one shape (videos, classes, segments), got {shapes}")
+        raise ValueError(f"expected arrays of one shape (videos, segments, classes), got {shapes}")
     if 0 in first:
         raise ValueError(f"need at least one video, class and segment, got shape {first}")
     return binary
@@ -148,14 +149,14 @@ def avvp_video_scores(
 ) -> dict[str, np.ndarray]:
     """Per-video F1 (fractions, shape (videos,)) under the LLP protocol, keyed by `VIDEO_SCORE_KEYS`."""
     x = _check_inputs(pred_audio=pred_audio, pred_visual=pred_visual, gt_audio=gt_audio, gt_visual=gt_visual)
-    n_videos, n_classes, n_seg = x["pred_audio"].shape
+    n_videos, n_seg, n_classes = x["pred_audio"].shape
 
     def segment_major(audio: np.ndarray, visual: np.ndarray) -> np.ndarray:
         # (segments, rows), rows ordered (modality: audio, visual, audio-visual; class; video), so
         # the per-segment passes run over long contiguous rows and per-class slices are contiguous.
         out = np.empty((n_seg, 3, n_classes, n_videos), dtype=np.bool_)
-        out[:, 0] = audio.transpose(2, 1, 0)
-        out[:, 1] = visual.transpose(2, 1, 0)
+        out[:, 0] = audio.transpose(1, 2, 0)
+        out[:, 1] = visual.transpose(1, 2, 0)
         np.logical_and(out[:, 0], out[:, 1], out=out[:, 2])
         return out.reshape(n_seg, -1)
 
@@ -175,7 +176,7 @@ def avvp_scores(
 ) -> dict[str, float]:
     """LLP segment- and event-level F1 scores in percent, keyed by `SCORE_KEYS`.
 
-    Inputs are binary (bool or 0/1) arrays shaped (videos, classes, segments).
+    Inputs are binary (bool or 0/1) arrays shaped (videos, segments, classes).
     """
     per_video = avvp_video_scores(pred_audio, pred_visual, gt_audio, gt_visual)
     percent = {key: 100 * np.mean(values) for key, values in per_video.items()}
@@ -194,7 +195,7 @@ def pseudo_label_quality(
 ) -> dict[str, float]:
     """Quality of binary pseudo-labels (the paper's Table 3): the LLP protocol with the pseudo-labels as predictions.
 
-    `hard_*` are the binary pseudo-labels (videos, classes, segments) of the videos with dense
+    `hard_*` are the binary pseudo-labels (videos, segments, classes) of the videos with dense
     ground truth; keys and units as `avvp_scores` (the paper reports seg-level Type@AV).
     """
     return avvp_scores(hard_audio, hard_visual, gt_audio, gt_visual)
@@ -205,20 +206,20 @@ def decide(
     seg_prob_visual: np.ndarray,
     video_prob: np.ndarray,
     threshold: float = 0.5,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> AudioVisual[np.ndarray]:
     """Test-time decision rule: class c is on in segment t of modality m iff p_t,m,c >= threshold and P_c >= threshold.
 
-    `seg_prob_*` are (videos, classes, segments), `video_prob` is (videos, classes); returns
-    (pred_audio, pred_visual) as bool (videos, classes, segments).
+    `seg_prob_*` are (videos, segments, classes), `video_prob` is (videos, classes); returns
+    the predictions as bool (videos, segments, classes).
     """
     audio, visual, video = np.asarray(seg_prob_audio), np.asarray(seg_prob_visual), np.asarray(video_prob)
-    if audio.ndim != 3 or audio.shape != visual.shape or video.shape != audio.shape[:2]:
+    if audio.ndim != 3 or audio.shape != visual.shape or video.shape != (audio.shape[0], audio.shape[2]):
         raise ValueError(
-            "expected seg_prob_audio and seg_prob_visual (videos, classes, segments) and video_prob (videos, classes), "
+            "expected seg_prob_audio and seg_prob_visual (videos, segments, classes) and video_prob (videos, classes), "
             f"got {audio.shape}, {visual.shape}, {video.shape}"
         )
-    video_on = (video >= threshold)[:, :, None]
-    return (audio >= threshold) & video_on, (visual >= threshold) & video_on
+    video_on = (video >= threshold)[:, None, :]
+    return AudioVisual(audio=(audio >= threshold) & video_on, visual=(visual >= threshold) & video_on)
 
 
 def ave_accuracy(pred_class: np.ndarray, gt_class: np.ndarray) -> float:
@@ -239,8 +240,8 @@ def ave_accuracy(pred_class: np.ndarray, gt_class: np.ndarray) -> float:
 
 def dense_to_arrays(
     dense: pl.DataFrame, video_ids: Sequence[str], classes: Sequence[str], n_segments: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Ground truth (gt_audio, gt_visual), bool (videos, classes, segments), from a dense-label table.
+) -> AudioVisual[np.ndarray]:
+    """Ground truth, bool (videos, segments, classes), from a dense-label table.
 
     `dense` follows `uwav.contracts.DENSE_SCHEMA` (half-open segment ranges); overlapping rows
     of one class are merged. Rows are in `video_ids`' order; a video without rows is all
@@ -271,8 +272,8 @@ def dense_to_arrays(
     video = np.array([video_index[v] for v in dense["video_id"].to_list()], dtype=np.intp)
     label = np.array([class_index[c] for c in dense["label"].to_list()], dtype=np.intp)
     # +1 at each onset, -1 at each offset; a running sum > 0 marks the covered segments.
-    edges = np.zeros((len(MODALITIES), len(video_index), len(class_index), n_segments + 1), dtype=np.int32)
-    np.add.at(edges, (modality, video, label, dense["onset"].to_numpy()), 1)
-    np.add.at(edges, (modality, video, label, dense["offset"].to_numpy()), -1)
-    covered = np.cumsum(edges, axis=-1)[..., :n_segments] > 0
-    return covered[0], covered[1]
+    edges = np.zeros((len(MODALITIES), len(video_index), n_segments + 1, len(class_index)), dtype=np.int32)
+    np.add.at(edges, (modality, video, dense["onset"].to_numpy(), label), 1)
+    np.add.at(edges, (modality, video, dense["offset"].to_numpy(), label), -1)
+    covered = np.cumsum(edges, axis=2)[:, :, :n_segments] > 0
+    return AudioVisual(audio=covered[MODALITIES.index("audio")], visual=covered[MODALITIES.index("visual")])

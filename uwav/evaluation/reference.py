@@ -60,13 +60,15 @@ def _video_score(per_class: list[Counts]) -> float:
 def avvp_scores_reference(
     pred_audio: np.ndarray, pred_visual: np.ndarray, gt_audio: np.ndarray, gt_visual: np.ndarray
 ) -> dict[str, float]:
-    """The scores of `uwav.evaluation.avvp_scores` (same keys, percent), one video at a time."""
+    """The scores of `uwav.evaluation.avvp_scores` (same inputs (videos, segments, classes), same
+    keys, percent), one video at a time."""
     per_video: dict[str, list[float]] = {}
     for v in range(len(pred_audio)):
-        pred_a = [[bool(x) for x in row] for row in pred_audio[v]]
-        pred_v = [[bool(x) for x in row] for row in pred_visual[v]]
-        gt_a = [[bool(x) for x in row] for row in gt_audio[v]]
-        gt_v = [[bool(x) for x in row] for row in gt_visual[v]]
+        # A video as the public evaluator holds it: one row of segments per class.
+        pred_a = [[bool(x) for x in row] for row in pred_audio[v].T]
+        pred_v = [[bool(x) for x in row] for row in pred_visual[v].T]
+        gt_a = [[bool(x) for x in row] for row in gt_audio[v].T]
+        gt_v = [[bool(x) for x in row] for row in gt_visual[v].T]
         pred_av = [[a and b for a, b in zip(ra, rv, strict=True)] for ra, rv in zip(pred_a, pred_v, strict=True)]
         gt_av = [[a and b for a, b in zip(ra, rv, strict=True)] for ra, rv in zip(gt_a, gt_v, strict=True)]
         for level, count in (("seg", _segment_counts), ("event", _event_counts)):

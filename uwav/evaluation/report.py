@@ -188,14 +188,14 @@ def report_timelines(
 ) -> list[tuple[str, bytes]]:
     """Timeline PNGs of the first `limit` videos, for `write_html_report(timelines=...)`.
 
-    Arrays are (videos, classes, segments), as `decide` returns them; each figure is rendered
+    Arrays are (videos, segments, classes), as `decide` returns them; each figure is rendered
     at once so that only PNG bytes are kept.
     """
     n_videos = len(video_ids)
     for name, array in (("pred_audio", pred_audio), ("pred_visual", pred_visual), ("gt_audio", gt_audio),
                         ("gt_visual", gt_visual), ("probs_audio", probs_audio), ("probs_visual", probs_visual)):  # fmt: skip
         if array is not None and (np.ndim(array) != 3 or len(array) != n_videos):
-            raise ValueError(f"report_timelines: {name} must be ({n_videos} videos, classes, segments), got shape {np.shape(array)}")
+            raise ValueError(f"report_timelines: {name} must be ({n_videos} videos, segments, classes), got shape {np.shape(array)}")
 
     def pick(array: np.ndarray | None, i: int) -> np.ndarray | None:
         return None if array is None else array[i]

@@ -28,12 +28,12 @@ def plg_logits(catalog: Catalog, store: FeatureStore, manifest: pl.DataFrame) ->
     checkpoint = PretrainOutputs.of(stage_record(catalog, "pretrain").outputs).checkpoint
     model = load_plg(checkpoint, catalog.stages.pseudo_labels.device)
     split = load_split(store, manifest, PLG_FEATURES)
-    visual_text, audio_text = text_embeddings(store, "target")
-    visual_logits, audio_logits = predict_plg(
-        model, split.features["clip"], split.features["clap"], split.lengths, visual_text, audio_text,
+    text = text_embeddings(store, "target")
+    logits = predict_plg(
+        model, split.features["clip"], split.features["clap"], split.lengths, text.visual, text.audio,
         batch_size=catalog.stages.pseudo_labels.batch_size, precision=catalog.stages.pretrain.precision,
     )
-    return split, {"visual": visual_logits, "audio": audio_logits}
+    return split, logits._asdict()
 
 
 def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
@@ -51,8 +51,6 @@ def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
     n_segments = logits["visual"].shape[1]
     valid = np.arange(n_segments)[None, :] < split.lengths[:, None]
     truth = dense_truth(tables, split.video_ids, n_segments) if settings.method == "f1" else None
-    if truth is not None:
-        truth = {m: truth[m].transpose(0, 2, 1) for m in truth}  # calibration works on (N, T, C)
     method = settings.method if truth is not None else "quantile"
     if method != settings.method:
         log.warning("calibrate: split %s of %s has no dense labels; using the quantile rule", settings.split, tables.name)

@@ -64,10 +64,10 @@ def _write_report(
     train_record = stage_record(catalog, "train")
     history = json.loads(TrainOutputs.of(train_record.outputs).history.read_text())
     quality = json.loads(PseudoLabelsOutputs.of(stage_record(catalog, "pseudo_labels").outputs).quality.read_text())
-    probs = evaluation.segment_prob.transpose(0, 3, 1, 2)  # (N, C, T, modality)
+    probs = evaluation.segment_prob  # (N, T, 2, C), modality axis in MODALITIES order (audio, visual)
     timelines = report_timelines(
         video_ids, tables.classes, evaluation.pred_audio, evaluation.pred_visual, labelled.gt_audio, labelled.gt_visual,
-        probs[..., 0], probs[..., 1],
+        probs[:, :, 0], probs[:, :, 1],
     )
     timeline_dir.mkdir(exist_ok=True)
     for video_id, png in timelines:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from uwav.catalog import Catalog
-from uwav.contracts import SegmentOutputs, text_embedding_name
+from uwav.contracts import AudioVisual, SegmentOutputs, text_embedding_name
 from uwav.errors import StageError
 from uwav.stages.planner import stage_record
 
@@ -69,13 +69,13 @@ def load_split(store: FeatureStore, manifest: pl.DataFrame, names: Sequence[str]
     return SplitArrays(ids, arrays, lengths, len(candidates) - len(ids))
 
 
-def text_embeddings(store: FeatureStore, role: str) -> tuple[np.ndarray, np.ndarray]:
-    """(visual, audio) class text embeddings of a dataset role, as the features stage stored them."""
-    found = []
-    for feature in PLG_FEATURES:
+def text_embeddings(store: FeatureStore, role: str) -> AudioVisual[np.ndarray]:
+    """The class text embeddings of a dataset role in each generator's space (CLAP audio, CLIP
+    visual), as the features stage stored them."""
+    found = {}
+    for modality, feature in (("audio", PLG_FEATURES[1]), ("visual", PLG_FEATURES[0])):
         name = text_embedding_name(feature, role)
-        embeddings = store.read_text_embeddings(name)
-        if embeddings is None:
+        found[modality] = store.read_text_embeddings(name)
+        if found[modality] is None:
             raise StageError(f"feature store {store.url}: no text embeddings {name!r}; rerun the features stage")
-        found.append(embeddings)
-    return found[0], found[1]
+    return AudioVisual(**found)

@@ -25,8 +25,8 @@ def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
         raise StageError(f"pretrain: no training video of dataset {tables.name!r} has CLIP and CLAP features")
     visual, audio = split.features["clip"], split.features["clap"]
     labels = segment_label_matrix(tables, split.video_ids, visual.shape[1])
-    visual_text, audio_text = text_embeddings(store, "pretrain")
-    data = PretrainData.from_arrays(visual, audio, split.lengths, labels, visual_text, audio_text)
+    text = text_embeddings(store, "pretrain")
+    data = PretrainData.from_arrays(visual, audio, split.lengths, labels, text.visual, text.audio)
     result = pretrain_plg(data, catalog.stages.pretrain, out_dir, progress=progress)
     history = out_dir / "history.json"
     history.write_text(json.dumps(result.history, indent=1))

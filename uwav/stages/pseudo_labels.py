@@ -71,7 +71,7 @@ def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
         loaded = read_pseudo_labels(folder, available_ids(folder, ids))
         truth = dense_truth(tables, loaded.video_ids, loaded.valid.shape[1])
         assert truth is not None
-        hard = {m: loaded.arrays[f"{m}_hard"].astype(bool).transpose(0, 2, 1) for m in ("audio", "visual")}
+        hard = {m: loaded.arrays[f"{m}_hard"].astype(bool) for m in ("audio", "visual")}
         quality[split_name] = pseudo_label_quality(hard["audio"], hard["visual"], truth["audio"], truth["visual"])
     quality_path = out_dir / "quality.json"
     quality_path.write_text(json.dumps(quality, indent=1))

@@ -25,6 +25,7 @@ import polars as pl
 import torch
 
 from uwav.catalog import Precision, Task, TrainSettings
+from uwav.contracts import AudioVisual
 from uwav.devices import autocast
 from uwav.errors import InvalidInputError
 from uwav.evaluation import ave_accuracy, avvp_scores, decide
@@ -97,8 +98,8 @@ def predict_han(
     return np.concatenate(segment), np.concatenate(video)
 
 
-def llp_decisions(segment_prob: np.ndarray, video_prob: np.ndarray, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """The test-time rule on HAN outputs: (pred_audio, pred_visual) bool (N, T, C)."""
+def llp_decisions(segment_prob: np.ndarray, video_prob: np.ndarray, threshold: float = 0.5) -> AudioVisual[np.ndarray]:
+    """The test-time rule on HAN outputs: predictions bool (N, T, C)."""
     return decide(segment_prob[:, :, AUDIO], segment_prob[:, :, VISUAL], video_prob, threshold)
 
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from uwav.catalog import Precision, PretrainSettings
+from uwav.contracts import AudioVisual
 from uwav.devices import autocast
 from uwav.errors import InvalidInputError
 from uwav.models.plg import AudioVisualPLG
@@ -161,8 +162,8 @@ def predict_plg(
     *,
     batch_size: int = 256,
     precision: Precision = "fp32",
-) -> tuple[np.ndarray, np.ndarray]:
-    """(visual_logits, audio_logits), each float32 (N, T, C), on the model's device in eval mode.
+) -> AudioVisual[np.ndarray]:
+    """AudioVisual(audio=logits, visual=logits), each float32 (N, T, C), on the model's device in eval mode.
 
     Padded segments (index >= length) are NaN so that using them by mistake is visible.
     """
@@ -171,7 +172,7 @@ def predict_plg(
     model.eval()
     batches = InMemoryBatches({"visual": visual_t, "audio": audio_t, "lengths": lengths_t}, batch_size, device)
     visual_text_d, audio_text_d = visual_text_t.to(device), audio_text_t.to(device)
-    outputs: list[tuple[np.ndarray, np.ndarray]] = []
+    outputs: list[AudioVisual[np.ndarray]] = []
     t = visual_t.shape[1]
     for batch in batches.in_order():
         mask = padding_mask_from_lengths(batch["lengths"], t)
@@ -179,9 +180,11 @@ def predict_plg(
             visual_logits, audio_logits = model(batch["visual"], batch["audio"], visual_text_d, audio_text_d, mask)
         fill = mask[:, :, None]
         outputs.append(
-            (
-                visual_logits.float().masked_fill(fill, float("nan")).cpu().numpy(),
-                audio_logits.float().masked_fill(fill, float("nan")).cpu().numpy(),
+            AudioVisual(
+                audio=audio_logits.float().masked_fill(fill, float("nan")).cpu().numpy(),
+                visual=visual_logits.float().masked_fill(fill, float("nan")).cpu().numpy(),
             )
         )
-    return np.concatenate([v for v, _ in outputs]), np.concatenate([a for _, a in outputs])
+    return AudioVisual(
+        audio=np.concatenate([out.audio for out in outputs]), visual=np.concatenate([out.visual for out in outputs])
+    )
