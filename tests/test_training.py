@@ -12,11 +12,11 @@ import torch
 from safetensors import safe_open
 from torch._dynamo.utils import counters
 
+from uwav.atomic import clean_interrupted
 from uwav.catalog import HanSettings, PretrainSettings, TrainSettings
 from uwav.models.plg import AudioVisualPLG
 from uwav.training.checkpoints import (
     STATE_FILE,
-    clean_incomplete,
     epoch_checkpoints,
     latest_checkpoint,
     load_checkpoint,
@@ -189,7 +189,7 @@ def test_checkpoint_replace_clean_and_prune(tmp_path: Path) -> None:
     # (named as uwav.atomic.atomic_dir names them).
     (tmp_path / ".epoch_0004.99.0123abcd.tmp").mkdir()
     (tmp_path / "best").rename(tmp_path / ".best.99.0123abcd.old")
-    clean_incomplete(tmp_path)
+    clean_interrupted(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "epoch_0001", "epoch_0002", "epoch_0003"]
     assert latest_checkpoint(tmp_path) == tmp_path / "epoch_0003"
     prune_epoch_checkpoints(tmp_path, keep=2)

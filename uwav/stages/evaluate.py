@@ -15,6 +15,7 @@ from uwav.stages.planner import StageResult, stage_record
 from uwav.stages.train import labelled_split, target_task
 
 if TYPE_CHECKING:
+    from uwav.caching import StageRecord
     from uwav.training.data import LabelledSplit
     from uwav.training.han_train import HanEvaluation
     from uwav.workspace import DatasetTables
@@ -27,7 +28,8 @@ def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
 
     settings = catalog.stages.evaluate
     tables = dataset_tables(catalog, "target")
-    model = load_han(TrainOutputs.of(stage_record(catalog, "train").outputs).best_checkpoint, catalog.stages.train.device)
+    train_record = stage_record(catalog, "train")
+    model = load_han(TrainOutputs.of(train_record.outputs).best_checkpoint, catalog.stages.train.device)
     split, labelled = labelled_split(catalog, open_store(catalog), tables, settings.split)
     evaluation = score_han(
         model, labelled, target_task(catalog), threshold=settings.threshold, precision=catalog.stages.train.precision
@@ -40,7 +42,7 @@ def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
         video_prob=evaluation.video_prob,
     )
     timelines = out_dir / "timelines"
-    report = _write_report(catalog, out_dir, timelines, tables, split.video_ids, labelled, evaluation)
+    report = _write_report(catalog, train_record, out_dir, timelines, tables, split.video_ids, labelled, evaluation)
     return StageResult(
         EvaluateOutputs(metrics_path, predictions_path, report, timelines),
         {"scores": evaluation.scores, "videos": len(split.video_ids), "excluded_videos": split.excluded},
@@ -49,6 +51,7 @@ def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
 
 def _write_report(
     catalog: Catalog,
+    train_record: StageRecord,
     out_dir: Path,
     timeline_dir: Path,
     tables: DatasetTables,
@@ -61,7 +64,6 @@ def _write_report(
     from uwav.evaluation.report import report_timelines, write_html_report
     from uwav.parsing import timeline_file_name
 
-    train_record = stage_record(catalog, "train")
     history = json.loads(TrainOutputs.of(train_record.outputs).history.read_text())
     quality = json.loads(PseudoLabelsOutputs.of(stage_record(catalog, "pseudo_labels").outputs).quality.read_text())
     probs = evaluation.segment_prob  # (N, T, 2, C), modality axis in MODALITIES order (audio, visual)

@@ -72,6 +72,13 @@ class StageStatus:
     why: str = ""
 
 
+def check_stage(stage: str) -> str:
+    """`stage` if it names a stage, else a StageError listing the stages."""
+    if stage not in STAGES:
+        raise StageError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    return stage
+
+
 # ---------------------------------------------------------------- the code a stage runs
 
 
@@ -116,9 +123,7 @@ def stage_code_files(stage: str, root: Path = PACKAGE_ROOT) -> tuple[str, ...]:
     """Package-relative files of the code `stage` runs: its module, the uwav modules it imports
     (transitively), and the data files (JSON) in the subfolders those modules name in their source
     (`features/encoders.py` reads `model_configs/*.json`)."""
-    if stage not in STAGES:
-        raise StageError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
-    pending, seen = [f"stages/{stage}.py"], set()
+    pending, seen = [f"stages/{check_stage(stage)}.py"], set()
     while pending:
         current = pending.pop()
         if current in seen or current in NOT_STAGE_CODE:
@@ -189,6 +194,7 @@ def _features_definition(catalog: Catalog) -> dict[str, Any]:
 
 def stage_settings(catalog: Catalog, stage: str) -> dict[str, Any]:
     """The part of the catalog a stage's result depends on, besides its upstream stages."""
+    check_stage(stage)
     stages = catalog.stages
     if stage == "segment":
         return {
@@ -210,9 +216,7 @@ def stage_settings(catalog: Catalog, stage: str) -> dict[str, Any]:
         return {"store": catalog.stores.pseudo_labels, "dataset": _dataset_identity(catalog, catalog.target)}
     if stage == "train":
         return stages.train.model_dump(mode="json", exclude={"device"})
-    if stage == "evaluate":
-        return stages.evaluate.model_dump(mode="json")
-    raise StageError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    return stages.evaluate.model_dump(mode="json")  # evaluate
 
 
 def _settings_fingerprint(catalog: Catalog, stage: str) -> str:
@@ -304,8 +308,7 @@ def plan(catalog: Catalog, stages: Iterable[str] | None = None, force: Iterable[
     requested = list(stages) if stages is not None else list(STAGES)
     forced = list(force)
     for name in (*requested, *forced):
-        if name not in STAGES:
-            raise StageError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+        check_stage(name)
     if not requested:
         return []
     last = max(STAGES.index(name) for name in requested)
@@ -323,9 +326,7 @@ def plan(catalog: Catalog, stages: Iterable[str] | None = None, force: Iterable[
 
 def stage_function(stage: str) -> Callable[[Catalog, Path, bool], StageResult]:
     """`run` of `uwav/stages/<stage>.py`, imported on first use (the planner stays light)."""
-    if stage not in STAGES:
-        raise StageError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
-    return importlib.import_module(f"uwav.stages.{stage}").run
+    return importlib.import_module(f"uwav.stages.{check_stage(stage)}").run
 
 
 def run_stage(catalog: Catalog, stage: str, *, force: bool = False, progress: bool = True) -> StageRecord:

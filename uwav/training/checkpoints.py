@@ -9,7 +9,7 @@ A checkpoint is a folder holding
 
 Folders are written with `uwav.atomic.atomic_dir` (under a temporary dot-name, synced, renamed
 into place), so a folder with a final name is always complete; a crash leaves at most a dot-folder
-that `clean_incomplete` removes, or an old copy that it puts back.
+that `uwav.atomic.clean_interrupted` removes, or an old copy that it puts back.
 Per-epoch checkpoints are `epoch_0001`, `epoch_0002`, ...; `best` is a separate folder.
 """
 
@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from uwav.atomic import atomic_dir, clean_interrupted
+from uwav.atomic import atomic_dir
 from uwav.errors import InvalidInputError, MissingInputError
 
 WEIGHTS_FILE = "model.safetensors"
@@ -101,11 +101,6 @@ def load_weights_into(model: nn.Module, path: Path) -> nn.Module:
             f"checkpoint {path}: weights do not fit {type(model).__name__}: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     return model
-
-
-def clean_incomplete(directory: Path) -> None:
-    """Remove half-written checkpoint folders; put back an old folder whose replacement never landed."""
-    clean_interrupted(directory)
 
 
 def epoch_checkpoints(directory: Path) -> list[tuple[int, Path]]:

@@ -29,13 +29,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import uwav
+from uwav.atomic import clean_interrupted
 from uwav.catalog import PretrainSettings, TrainSettings
 from uwav.devices import resolve_device
 from uwav.errors import InvalidInputError
 from uwav.training.checkpoints import (
     BEST_NAME,
     capture_rng,
-    clean_incomplete,
     epoch_dir_name,
     latest_checkpoint,
     load_checkpoint,
@@ -129,7 +129,7 @@ class TrainingRun:
         self.best: dict[str, Any] | None = None  # {"epoch", "score"} of the best checkpoint so far
         self.last_checkpoint: Path | None = None
         if resume:
-            clean_incomplete(self.checkpoint_dir)
+            clean_interrupted(self.checkpoint_dir)
             latest = latest_checkpoint(self.checkpoint_dir)
             if latest is not None:
                 self._resume(latest)
