@@ -251,6 +251,18 @@ def test_decide_needs_both_probabilities_at_least_threshold() -> None:
         decide(seg_audio, seg_visual, video[:, 0])
 
 
+
+def test_decide_above_is_strict() -> None:
+    """The release decides with p > 0.5 and P > 0.5: a probability of exactly 0.5 is off."""
+    seg = np.array([[[0.5, 0.6]]])
+    video = np.array([[0.5, 0.7]])
+    at_least = decide(seg, seg, video)
+    above = decide(seg, seg, video, decision="above")
+    assert at_least.audio.tolist() == [[[True, True]]]
+    assert above.audio.tolist() == above.visual.tolist() == [[[False, True]]]
+    with pytest.raises(ValueError, match="decision"):
+        decide(seg, seg, video, decision="over")  # type: ignore[arg-type]
+
 def test_ave_accuracy_counts_every_segment_background_included() -> None:
     n_classes = 28  # background is index 28
     gt = np.array([[3, 3, 28, 28], [28, 5, 5, 5]])

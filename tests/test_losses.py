@@ -65,6 +65,15 @@ def test_class_balance_weights_eq18_19() -> None:
     assert isinstance(weights, ClassBalanceWeights) and weights.positive == pytest.approx(5 / 12)
 
 
+def test_released_class_balance_weights_are_c_times_eq18_19() -> None:
+    # The release: w_pos = W (C - sum_c f_c), w_neg = sum_c f_c, f_c = fraction of segments labelled c.
+    labels = np.array([[[1, 0, 0], [1, 1, 0]], [[0, 0, 0], [0, 0, 1]]])  # f = (2/4, 1/4, 1/4)
+    f_sum = 2 / 4 + 1 / 4 + 1 / 4
+    assert class_balance_weights(labels, w=0.5, form="released") == pytest.approx((0.5 * (3 - f_sum), f_sum))
+    with pytest.raises(ValueError, match="form"):
+        class_balance_weights(labels, form="other")  # type: ignore[arg-type]
+
+
 def test_class_balance_weights_refuses_bad_shape() -> None:
     with pytest.raises(ValueError, match="videos, segments, classes"):
         class_balance_weights(np.zeros((4, 3)))
@@ -221,6 +230,36 @@ def test_mixup_term_by_hand(targets: str) -> None:
     assert terms.mixup.item() == pytest.approx(expected / 4, rel=1e-5)
 
 
+def test_per_batch_mixup_by_hand() -> None:
+    """The release's mixup: per modality its own permutation of the segments and one lambda, and
+    `lam BCE(z, t_i) + (1 - lam) BCE(z, t_j)` (written here as in the release, not as one BCE)."""
+    features = torch.randn(1, 2, 2, 4)
+    weight = torch.randn(2, 4)
+    classify = lambda f: f @ weight.T  # noqa: E731 -- a linear shared classifier
+    loss = UWAVLoss(video_loss=False, segment_loss=False, mixup=True, mixup_lambda="per_batch")
+    terms = loss(example_output(EX_LOGITS, features), EX_VIDEO, soft_labels=EX_SOFT, classify=classify,
+                 generator=torch.Generator().manual_seed(7))
+    generator = torch.Generator().manual_seed(7)
+    expected = 0.0
+    for m in range(2):  # audio first, then visual, each with its own draw
+        partner, lam = sample_mixup_pairing(2, 1.7, generator, one_lambda=True)
+        assert lam[0] == lam[1]
+        lm = float(lam[0])
+        for i in range(2):
+            j = int(partner[i])
+            p = torch.sigmoid(classify(lm * features[0, i, m] + (1 - lm) * features[0, j, m]))
+            for c in range(2):
+                expected += lm * bce(float(p[c]), float(EX_SOFT[0, i, m, c])) + (1 - lm) * bce(
+                    float(p[c]), float(EX_SOFT[0, j, m, c])
+                )
+    assert terms.mixup.item() == pytest.approx(expected / 4, rel=1e-5)
+    per_pair = UWAVLoss(video_loss=False, segment_loss=False, mixup=True)(
+        example_output(EX_LOGITS, features), EX_VIDEO, soft_labels=EX_SOFT, classify=classify,
+        generator=torch.Generator().manual_seed(7),
+    )
+    assert per_pair.mixup.item() != pytest.approx(terms.mixup.item(), rel=1e-6)
+
+
 def test_ceil_targets_are_the_video_labels_on_soft_labels() -> None:
     soft = soft_pseudo_labels(LOGITS, THRESHOLDS, VIDEO_LABELS)
     torch.testing.assert_close(torch.ceil(soft), VIDEO_LABELS[:, None, :].expand_as(soft))
@@ -285,6 +324,19 @@ def test_plg_loss_by_hand_and_padding() -> None:
     expected = (bce(0.375, 1) + bce(0.375, 0) + bce(0.375, 0) + bce(0.1875, 1)) / 4
     assert plg_loss(zv, za, y, padding).item() == pytest.approx(expected, rel=1e-6)
     assert plg_loss(zv[:, :2], za[:, :2], y[:, :2]).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_plg_loss_weighs_present_classes() -> None:
+    """The release weighs classes present anywhere in the video by 5 (a padded segment's label does not count)."""
+    zv = torch.tensor([[[L3, 0.0, 0.0], [0.0, -L3, 0.0], [9.0, 9.0, 9.0]]])
+    za = torch.tensor([[[0.0, L3, 0.0], [L3, L3, 0.0], [-9.0, 9.0, 9.0]]])
+    y = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 1.0]]])  # class 2 only on the padded segment
+    padding = torch.tensor([[False, False, True]])
+    # p^av: [0.375, 0.375, 0.25], [0.375, 0.1875, 0.25]; class 0 present (weight 5), classes 1, 2 absent.
+    expected = (
+        5 * bce(0.375, 1) + bce(0.375, 0) + bce(0.25, 0) + 5 * bce(0.375, 0) + bce(0.1875, 0) + bce(0.25, 0)
+    ) / 6
+    assert plg_loss(zv, za, y, padding, present_class_weight=5.0).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_plg_loss_is_stable_at_saturation() -> None:

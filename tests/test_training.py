@@ -157,6 +157,27 @@ def test_schedule_warmup_then_cosine_to_min() -> None:
     assert [no_warmup.lr_at(s) for s in (0, 3)] == pytest.approx([1e-3, 0.0])
 
 
+def test_per_epoch_schedule_is_the_released_formula() -> None:
+    """The UWAV release's WarmUpCosineAnnealingLR (10 warm-up epochs, 80 epochs, 1e-4 -> 1e-5),
+    written out: epoch e < 10 trains at e/10 * 1e-4, then 1e-5 + 0.45e-4 (1 + cos(pi (e - 10) / 70))."""
+    schedule = WarmupCosine.for_epochs(
+        peak_lr=1e-4, min_lr=1e-5, warmup_epochs=10, epochs=80, steps_per_epoch=3, granularity="per_epoch"
+    )
+
+    def released(epoch: int) -> float:
+        if epoch < 10:
+            return epoch / 10 * 1e-4
+        return 1e-5 + 0.5 * (1e-4 - 1e-5) * (1 + math.cos((epoch - 10) / 70 * math.pi))
+
+    for step in range(240):
+        assert schedule.lr_at(step) == pytest.approx(released(step // 3 + 1), rel=1e-12)
+    assert schedule.lr_at(0) == schedule.lr_at(2) == pytest.approx(1e-5)  # constant within an epoch
+    assert schedule.lr_at(27) == pytest.approx(1e-4)  # epoch 10: the peak
+    assert schedule.lr_at(239) == pytest.approx(1e-5)  # epoch 80: min_lr
+    with pytest.raises(ValueError, match="granularity"):
+        WarmupCosine.for_epochs(peak_lr=1e-4, min_lr=0, warmup_epochs=1, epochs=2, steps_per_epoch=1, granularity="x")  # type: ignore[arg-type]
+
+
 # ---------------------------------------------------------------- checkpoints
 
 

@@ -8,6 +8,7 @@ hyper-parameters (../shared/docs/METHOD.md); project decisions are marked as suc
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -15,6 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from uwav.contracts import Decision
 from uwav.errors import UwavError
 
 DatasetKind = Literal["llp", "unav100", "ave", "custom", "synthetic"]
@@ -27,6 +29,14 @@ Precision = Literal["fp32", "bf16"]
 # How a target dataset is trained and scored: "llp" (the LLP protocol) or "ave" (AVE's recipe and
 # segment accuracy besides). A synthetic target set's events are laid out like the task's data.
 Task = Literal["llp", "ave"]
+# Which source the stage defaults follow: the paper's text or the UWAV release's scripts (see
+# RECIPE_SETTINGS and README "Paper vs released code"). An explicit catalog setting always wins.
+Recipe = Literal["paper", "released"]
+# AdamW's (beta1, beta2).
+Betas = tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]]
+# "per_step": warm-up and cosine move every optimisation step (uwav's choice, smoother);
+# "per_epoch": the release's per-epoch formula (`uwav.training.schedule`).
+LrSchedule = Literal["per_step", "per_epoch"]
 PositiveInt = Annotated[int, Field(gt=0)]
 UnitFloat = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -144,9 +154,15 @@ MOVED_SEGMENT_KEYS = {
 
 
 class SegmentSettings(_Strict):
-    """Reading, validating and probing the datasets' media."""
+    """Reading, validating and probing the datasets' media.
+
+    `unav_segment_rule`: when a UnAV-100 event (in seconds) labels a 1-s segment: `half_covered`
+    (METHOD decision: the class's events cover at least half of it) or `any_overlap` (the UWAV
+    release: every segment the event overlaps at all, [floor(start), ceil(end))).
+    """
 
     workers: PositiveInt = 2
+    unav_segment_rule: Literal["half_covered", "any_overlap"] = "half_covered"
 
     @model_validator(mode="before")
     @classmethod
@@ -178,21 +194,35 @@ class FeaturesSettings(_Strict):
 class PretrainSettings(_Strict):
     """Stage 1, the temporal pseudo-label generator (METHOD.md "Stage 1").
 
-    Decision: transformer width = encoder dimension, 8 heads, FFN 4x width; the paper does not
-    give the number of pre-training epochs (decision: 50) nor the batch size (decision: 32).
+    Decision: transformer width = encoder dimension, 8 heads, FFN 4x width. Batch 64 and 80 epochs
+    (paper section 8: "for both models").
+    - `architecture`: `encoder_width` (METHOD: blocks of the encoder's width, logits = E g_t) or
+      `released` (the UWAV release: MLP to `hidden_dim`, blocks, MLP back, fixed logit scales).
+    - `present_class_weight`: loss weight of the classes present anywhere in the video (release: 5).
+    - `select`: keep the `last` epoch, or the epoch with the best UnAV-validation segment-level
+      audio-visual F1 (`best_val_av_f1`, the release; prediction p^v p^a >= 0.5).
+    - `checkpoint`: a released generator's state dict (`torch.save(model.state_dict())` of the
+      UWAV release's TemporalTransformer) registered instead of training one.
     """
 
+    architecture: Literal["encoder_width", "released"] = "encoder_width"
+    hidden_dim: PositiveInt = 1024  # width of the `released` architecture
     layers: PositiveInt = 5
     heads: PositiveInt = 8
     ffn_multiplier: PositiveInt = 4
     dropout: UnitFloat = 0.1
-    epochs: PositiveInt = 50
-    batch_size: PositiveInt = 32
+    epochs: PositiveInt = 80
+    batch_size: PositiveInt = 64
     lr: float = 1e-4
     min_lr: float = 1e-5
     warmup_epochs: int = Field(10, ge=0)
+    lr_schedule: LrSchedule = "per_step"
+    betas: Betas = (0.9, 0.999)
     weight_decay: float = 1e-2
     grad_clip: float = 1.0
+    present_class_weight: float = Field(1.0, gt=0)
+    select: Literal["last", "best_val_av_f1"] = "last"
+    checkpoint: str | None = None
     seed: int = 0
     device: Device = "auto"
     precision: Precision = "fp32"
@@ -205,20 +235,31 @@ class CalibrateSettings(_Strict):
     `quantile` of the logits over segments of videos whose weak label contains the class.
     """
 
-    method: Literal["f1", "quantile"] = "f1"
+    method: Literal["f1", "released_f1", "quantile"] = "f1"
     split: Literal["train", "val"] = "val"
     quantile: UnitFloat = 0.5
 
 
 class PseudoLabelSettings(_Strict):
+    """`soft_temperature`: soft labels are sigmoid((z - theta) / soft_temperature) * y (eq. 12: 1;
+    the release: 2)."""
+
     batch_size: PositiveInt = 256
     device: Device = "auto"
+    soft_temperature: float = Field(1.0, gt=0)
 
 
 class HanSettings(_Strict):
-    """The HAN inference model (METHOD.md "Inference model")."""
+    """The HAN inference model (METHOD.md "Inference model").
+
+    `update`: `parallel` (eq. 1-2, AVVP-ECCV20) or `sequential` (VALOR, the UWAV release: the
+    visual stream attends to the updated audio). `projection`: `linear` (fc_a, fc_v, fc_st,
+    fc_fusion) or `mlp` (the UWAV release: 2-layer MLP fc_a, one fc_fusion over 2-D mean + 3-D).
+    """
 
     inputs: Literal["official", "clip_clap"] = "clip_clap"
+    update: Literal["parallel", "sequential"] = "parallel"
+    projection: Literal["linear", "mlp"] = "linear"
     d_model: PositiveInt = 512
     ffn: PositiveInt = 1024
     heads: PositiveInt = 8
@@ -235,15 +276,25 @@ class TrainSettings(_Strict):
     lr: float = 1e-4
     min_lr: float = 5e-6
     warmup_epochs: int = Field(10, ge=0)
+    lr_schedule: LrSchedule = "per_step"
+    betas: Betas = (0.9, 0.999)
     weight_decay: float = 1e-2
     grad_clip: float = 1.0
     labels: Literal["soft", "binary"] = "soft"
     reweight: bool = True
     reweight_w: float = 0.5
     reweight_mask: Literal["video_label", "binary_pseudo_label"] = "video_label"
+    # `paper`: eq. 18-19 (means over videos, segments, classes); `released`: C times those weights.
+    reweight_form: Literal["paper", "released"] = "paper"
     mixup: bool = True
     mixup_alpha: float = Field(1.7, gt=0)
     mixup_targets: Literal["soft", "ceil"] = "soft"  # `ceil` is the AVE variant
+    # `per_pair`: one pairing of all segments shared by both modalities, a lambda per pair;
+    # `per_batch` (the release): per modality its own pairing and one lambda for the whole batch.
+    mixup_lambda: Literal["per_pair", "per_batch"] = "per_pair"
+    # Test-time rule, in validation and evaluation alike: p >= 0.5 and P >= 0.5 (`at_least`, the
+    # protocol's) or p > 0.5 and P > 0.5 (`above`, the release's).
+    decision: Decision = "at_least"
     # Project option, outside METHOD.md: the reference HAN's "individual guided learning" as the
     # video-level loss (BCE of each modality's temporally pooled probability against the video
     # label, visual smoothed to 0.9 y + 0.05, added to BCE(P, y)); how the paper's HAN row was trained.
@@ -272,6 +323,93 @@ class StagesConfig(_Strict):
     evaluate: EvaluateSettings = EvaluateSettings()
 
 
+# ---------------------------------------------------------------- recipes
+
+# The stage settings `recipe: released` changes: the UWAV release's scripts (scripts/*.sh) plus
+# the code defaults they rely on (main.py, main_pretrain.py, model/*.py). `recipe: paper` is the
+# settings classes' own defaults. README "Paper vs released code" lists each with its source.
+RECIPE_SETTINGS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "released": {
+        "segment.unav_segment_rule": "any_overlap",
+        "pretrain.architecture": "released",
+        "pretrain.hidden_dim": 1024,
+        "pretrain.layers": 5,
+        "pretrain.heads": 16,
+        "pretrain.ffn_multiplier": 2,
+        "pretrain.dropout": 0.3,
+        "pretrain.epochs": 80,
+        "pretrain.batch_size": 64,
+        "pretrain.lr": 1e-4,
+        "pretrain.min_lr": 1e-5,
+        "pretrain.warmup_epochs": 10,
+        "pretrain.lr_schedule": "per_epoch",
+        "pretrain.betas": (0.5, 0.999),
+        "pretrain.weight_decay": 1e-3,
+        "pretrain.grad_clip": 2.0,
+        "pretrain.present_class_weight": 5.0,
+        "pretrain.select": "best_val_av_f1",
+        "calibrate.method": "released_f1",
+        "calibrate.split": "val",
+        "pseudo_labels.soft_temperature": 2.0,
+        "train.han.update": "sequential",
+        "train.han.projection": "mlp",
+        "train.han.layers": 5,
+        "train.han.heads": 16,
+        "train.han.ffn": 2048,
+        "train.han.dropout": 0.1,
+        "train.epochs": 80,
+        "train.batch_size": 64,
+        "train.lr": 1e-4,
+        "train.min_lr": 5e-6,
+        "train.warmup_epochs": 10,
+        "train.lr_schedule": "per_epoch",
+        "train.betas": (0.9, 0.999),
+        "train.weight_decay": 1e-4,
+        "train.grad_clip": 1.0,
+        "train.labels": "soft",
+        "train.reweight": True,
+        "train.reweight_w": 0.5,
+        "train.reweight_form": "released",
+        "train.mixup": True,
+        "train.mixup_alpha": 1.7,
+        "train.mixup_targets": "soft",
+        "train.mixup_lambda": "per_batch",
+        "train.decision": "above",
+    },
+}
+
+
+def _leaf_keys(data: Any, prefix: str = "") -> set[str]:
+    """Dotted keys of the leaves of nested mappings (a list or tuple is a leaf)."""
+    if not isinstance(data, dict):
+        return {prefix} if prefix else set()
+    keys: set[str] = set()
+    for key, value in data.items():
+        keys |= _leaf_keys(value, f"{prefix}.{key}" if prefix else str(key))
+    return keys
+
+
+def _apply_recipe(stages: Any, recipe: str) -> Any:
+    """`stages` (as read from YAML) with the recipe's settings filled in where the catalog gives none."""
+    if not isinstance(stages, dict) or recipe not in RECIPE_SETTINGS:
+        return stages  # validation reports the malformed value
+    merged = copy.deepcopy(stages)
+    explicit = _leaf_keys(stages)
+    for key, value in RECIPE_SETTINGS[recipe].items():
+        if key in explicit:
+            continue
+        *parents, leaf = key.split(".")
+        node = merged
+        for part in parents:
+            if not isinstance(node.get(part, {}), dict):
+                break  # a malformed block: validation names it
+            node = node.setdefault(part, {})
+        else:
+            node[leaf] = value
+    return merged
+
+
 # ---------------------------------------------------------------- orchestration
 
 
@@ -287,6 +425,7 @@ class OrchestrationConfig(_Strict):
 
 class Catalog(_Strict):
     version: Literal[1] = 1
+    recipe: Recipe = "paper"
     datasets: dict[str, DatasetConfig]
     target: str
     pretrain: str
@@ -296,6 +435,8 @@ class Catalog(_Strict):
     orchestration: OrchestrationConfig = OrchestrationConfig()
     # Folder of the catalog file; relative locations resolve against it. Not read from YAML.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
+    # Dotted `stages` keys the catalog file sets itself (the recipe fills in the rest). Not read from YAML.
+    explicit_settings: frozenset[str] = Field(default_factory=frozenset, exclude=True)
 
     @model_validator(mode="after")
     def _references_exist(self) -> Catalog:
@@ -342,6 +483,25 @@ class Catalog(_Strict):
         return found
 
 
+def effective_settings(catalog: Catalog) -> list[tuple[str, Any, str]]:
+    """(dotted `stages` key, value, source) of every stage setting; source is `catalog` (set in
+    the file), `recipe <name>` (filled in by the recipe) or `default` (the settings' own default)."""
+    recipe = RECIPE_SETTINGS[catalog.recipe]
+    rows = []
+    for key in sorted(_leaf_keys(catalog.stages.model_dump(mode="python"))):
+        value: Any = catalog.stages
+        for part in key.split("."):
+            value = getattr(value, part)
+        if key in catalog.explicit_settings:
+            source = "catalog"
+        elif key in recipe:
+            source = f"recipe {catalog.recipe}"
+        else:
+            source = "default"
+        rows.append((f"stages.{key}", value, source))
+    return rows
+
+
 def _format_errors(path: Path, error: ValidationError) -> str:
     lines = [f"{path}: invalid catalog"]
     for item in error.errors():
@@ -357,10 +517,17 @@ def parse_catalog(data: dict[str, Any], base_dir: Path, source: Path | str = "<c
     """Validate a catalog given as a mapping (as read from YAML)."""
     if not isinstance(data, dict):
         raise CatalogError(f"{source}: the catalog must be a mapping, got {type(data).__name__}")
-    if "base_dir" in data:
-        raise CatalogError(f"{source}: base_dir: unknown key")
+    for internal in ("base_dir", "explicit_settings"):
+        if internal in data:
+            raise CatalogError(f"{source}: {internal}: unknown key")
+    stages = data.get("stages", {})
+    fields = {
+        "stages": _apply_recipe(stages, data.get("recipe", "paper")),
+        "base_dir": Path(base_dir).resolve(),
+        "explicit_settings": frozenset(_leaf_keys(stages)) if isinstance(stages, dict) else frozenset(),
+    }
     try:
-        return Catalog.model_validate({**data, "base_dir": Path(base_dir).resolve()})
+        return Catalog.model_validate({**data, **fields})
     except ValidationError as error:
         raise CatalogError(_format_errors(Path(source), error)) from None
 

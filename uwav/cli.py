@@ -14,7 +14,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from uwav.catalog import Task, check_catalog, load_catalog
+from uwav.catalog import Task, check_catalog, effective_settings, load_catalog
 from uwav.errors import InvalidInputError, UwavError
 
 USER_ERROR_EXIT = 2
@@ -44,6 +44,16 @@ app.add_typer(catalog_app, name="catalog")
 
 CatalogOption = Annotated[Path, typer.Option("--catalog", "-c", help="Path of data_catalog.yaml.")]
 DEFAULT_CATALOG = Path("data_catalog.yaml")
+ModelOption = Annotated[
+    Path | None, typer.Option("--model", help="A uwav checkpoint folder or a released state dict (default: the current model).")
+]
+KindOption = Annotated[
+    str,
+    typer.Option(
+        "--kind",
+        help="What --model is: checkpoint (a uwav checkpoint folder) or a released HAN state dict: avvp-eccv20, valor, uwav.",
+    ),
+]
 
 
 @app.callback()
@@ -56,15 +66,23 @@ def _main(
 
 @catalog_app.command("check")
 def catalog_check(catalog: CatalogOption = DEFAULT_CATALOG) -> None:
-    """Print every location the catalog names, resolved, and whether it exists. Exit 1 if any is missing."""
+    """Print every location the catalog names, resolved, and whether it exists, then the effective
+    stage settings and where each comes from (the catalog, its recipe, or the default). Exit 1 if
+    a location is missing."""
     loaded = load_catalog(catalog)
-    typer.echo(f"catalog {catalog.resolve()}: target={loaded.target} pretrain={loaded.pretrain}")
+    typer.echo(f"catalog {catalog.resolve()}: target={loaded.target} pretrain={loaded.pretrain} recipe={loaded.recipe}")
     missing = 0
     for key, location, exists in check_catalog(loaded):
         produced = key.startswith("stores.")  # stores are created by the pipeline
         status = "ok" if exists else ("will be created" if produced else "missing")
         missing += not exists and not produced
         typer.echo(f"  {status:>15}  {key} = {location}")
+    typer.echo("effective settings (source: catalog = set in the file, recipe = filled in by it, default):")
+    rows = effective_settings(loaded)
+    width = max(len(key) for key, _, _ in rows)
+    for key, value, source in rows:
+        shown = list(value) if isinstance(value, tuple) else value
+        typer.echo(f"  {key.ljust(width)}  {shown!s:<24} {source}")
     raise typer.Exit(1 if missing else 0)
 
 
@@ -201,14 +219,36 @@ def parse(
     videos: Annotated[list[Path], typer.Argument(help="Video files to parse.")],
     out: Annotated[Path, typer.Option(help="Folder for events.json, events.parquet, segments.parquet and timelines.")] = Path("parsed"),
     catalog: CatalogOption = DEFAULT_CATALOG,
+    model: ModelOption = None,
+    kind: KindOption = "checkpoint",
 ) -> None:
-    """Per-segment audio / visual / audio-visual events of VIDEOS with the catalog's current model."""
+    """Per-segment audio / visual / audio-visual events of VIDEOS with the catalog's current model (or --model)."""
     from uwav.stages.parse import parse_media
 
-    outputs = parse_media(load_catalog(catalog), videos, out)
+    outputs = parse_media(load_catalog(catalog), videos, out, model_path=model, kind=kind)
     typer.echo(f"events: {outputs.events_json}, {outputs.events_parquet}; segments: {outputs.segments_parquet}")
     for video_id, path in outputs.timelines.items():
         typer.echo(f"  {video_id}: {path}")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Option(help="A uwav checkpoint folder or a released state dict (.pt).")],
+    kind: KindOption = "checkpoint",
+    catalog: CatalogOption = DEFAULT_CATALOG,
+    out: Annotated[Path, typer.Option(help="Folder for metrics.json, predictions.npz, report.html and timelines.")] = Path("evaluation"),
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Score a HAN (uwav's or a released one) on the catalog's evaluation split with the LLP protocol."""
+    from uwav.evaluation.report import format_scores_table
+    from uwav.stages import run_pipeline
+    from uwav.stages.evaluate import evaluate_imported
+
+    loaded = load_catalog(catalog)
+    run_pipeline(loaded, ["features"], progress=progress)
+    result = evaluate_imported(loaded, model, kind, out)
+    typer.echo(format_scores_table(result.scores))
+    typer.echo(f"{result.videos} videos; wrote {result.outputs.metrics} and {result.outputs.report}")
 
 
 @app.command()

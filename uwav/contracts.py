@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Generic, NamedTuple, Self, TypeVar
+from typing import Generic, Literal, NamedTuple, Self, TypeVar
 
 import polars as pl
 
@@ -32,6 +32,10 @@ T = TypeVar("T")
 # Modules may use another layout inside (the evaluation protocol runs segment-major), never at
 # their edges. Padded segments (videos shorter than T) are marked by `lengths` (N,) or a (N, T)
 # padding mask that is True on padding.
+# The test-time rule's comparison: p >= 0.5 and P >= 0.5 ("at_least", the LLP protocol) or
+# p > 0.5 and P > 0.5 ("above", the UWAV release's `get_pred`).
+Decision = Literal["at_least", "above"]
+
 MODALITIES: tuple[str, str] = ("audio", "visual")
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 
 from uwav.atomic import atomic_path, write_text_atomic
-from uwav.contracts import MODALITIES, n_segments_for_duration
+from uwav.contracts import MODALITIES, Decision, n_segments_for_duration
 from uwav.errors import InvalidInputError
 from uwav.evaluation.plots import SEGMENT_S, positive_runs, save_png, timeline_figure
 from uwav.evaluation.protocol import decide
@@ -145,6 +145,7 @@ def parse_videos(
     threshold: float = 0.5,
     *,
     durations_s: Sequence[float] | None = None,
+    decision: Decision = "at_least",
 ) -> list[ParsedVideo]:
     """Decide and extract events per video from HAN outputs (`predict_han`'s segment_prob (N, T, 2, C)
     [audio, visual] and video_prob (N, C)).
@@ -164,7 +165,7 @@ def parse_videos(
     if durations_s is not None and len(durations_s) != n_videos:
         raise ValueError(f"parse: {len(durations_s)} durations for {n_videos} videos")
     probs_audio, probs_visual = segment_prob[:, :, _AUDIO], segment_prob[:, :, _VISUAL]
-    pred_audio, pred_visual = decide(probs_audio, probs_visual, video_prob, threshold)
+    pred_audio, pred_visual = decide(probs_audio, probs_visual, video_prob, threshold, decision)
 
     parsed = []
     for i, video_id in enumerate(video_ids):
@@ -232,6 +233,7 @@ def write_parse_outputs(
     threshold: float = 0.5,
     *,
     durations_s: Sequence[float] | None = None,
+    decision: Decision = "at_least",
 ) -> ParseOutputs:
     """Write `events.json` (per video: its events and per-segment labels), `events.parquet`,
     `segments.parquet` and one timeline PNG per video (`timeline_file_name`) into `out_dir`.
@@ -239,7 +241,7 @@ def write_parse_outputs(
     Every file is written atomically; arguments as `parse_videos`.
     """
     out_dir = Path(out_dir)
-    parsed = parse_videos(video_ids, classes, segment_prob, video_prob, threshold, durations_s=durations_s)
+    parsed = parse_videos(video_ids, classes, segment_prob, video_prob, threshold, durations_s=durations_s, decision=decision)
     names: dict[str, str] = {}
     for video in parsed:
         name = timeline_file_name(video.video_id)
@@ -250,6 +252,7 @@ def write_parse_outputs(
     events, segments = _tables(parsed)
     document = {
         "threshold": threshold,
+        "decision": decision,
         "segment_s": SEGMENT_S,
         "classes": list(classes),
         "videos": [

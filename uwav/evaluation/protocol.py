@@ -25,12 +25,12 @@ time are a few operations on long contiguous rows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import polars as pl
 
-from uwav.contracts import MODALITIES, AudioVisual, validate_dense
+from uwav.contracts import MODALITIES, AudioVisual, Decision, validate_dense
 
 # Per-video scores (fractions in [0, 1]) and the summary scores (percent) built from them.
 VIDEO_SCORE_KEYS: tuple[str, ...] = (
@@ -206,8 +206,10 @@ def decide(
     seg_prob_visual: np.ndarray,
     video_prob: np.ndarray,
     threshold: float = 0.5,
+    decision: Decision = "at_least",
 ) -> AudioVisual[np.ndarray]:
-    """Test-time decision rule: class c is on in segment t of modality m iff p_t,m,c >= threshold and P_c >= threshold.
+    """Test-time decision rule: class c is on in segment t of modality m iff p_t,m,c >= threshold and P_c >= threshold
+    (`decision="above"`: strictly greater, as the UWAV release decides).
 
     `seg_prob_*` are (videos, segments, classes), `video_prob` is (videos, classes); returns
     the predictions as bool (videos, segments, classes).
@@ -218,8 +220,16 @@ def decide(
             "expected seg_prob_audio and seg_prob_visual (videos, segments, classes) and video_prob (videos, classes), "
             f"got {audio.shape}, {visual.shape}, {video.shape}"
         )
-    video_on = (video >= threshold)[:, None, :]
-    return AudioVisual(audio=(audio >= threshold) & video_on, visual=(visual >= threshold) & video_on)
+    on = passes(decision)
+    video_on = on(video, threshold)[:, None, :]
+    return AudioVisual(audio=on(audio, threshold) & video_on, visual=on(visual, threshold) & video_on)
+
+
+def passes(decision: Decision) -> Callable[[np.ndarray, float], np.ndarray]:
+    """The comparison of a decision rule: `>=` for "at_least" (the protocol's), `>` for "above"."""
+    if decision not in ("at_least", "above"):
+        raise ValueError(f"decision must be 'at_least' or 'above', got {decision!r}")
+    return np.greater_equal if decision == "at_least" else np.greater
 
 
 def ave_accuracy(pred_class: np.ndarray, gt_class: np.ndarray) -> float:

@@ -1,39 +1,98 @@
 """Stage `evaluate`: the trained HAN on the evaluation split, scored by the same function as
 validation (`uwav.training.han_train.score_han`: the LLP protocol, and AVE accuracy for AVE),
-with the HTML report and per-video timelines."""
+with the HTML report and per-video timelines. `evaluate_model` scores any HAN the same way: a
+uwav checkpoint folder or a released state dict (`uwav evaluate --model PATH --kind KIND`)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 from uwav.catalog import Catalog
 from uwav.contracts import EvaluateOutputs, PseudoLabelsOutputs, TrainOutputs
+from uwav.errors import InvalidInputError
 from uwav.stages.inputs import dataset_tables, open_store
 from uwav.stages.planner import StageResult, stage_record
 from uwav.stages.train import labelled_split, target_task
 
 if TYPE_CHECKING:
-    from uwav.caching import StageRecord
-    from uwav.training.data import LabelledSplit
+    from uwav.models import HAN
+    from uwav.training.data import HanFeatures, LabelledSplit
     from uwav.training.han_train import HanEvaluation
     from uwav.workspace import DatasetTables
 
+# "checkpoint": a uwav checkpoint folder (stage 2's `best/`, a promoted model); the others are
+# released state dicts read by `uwav.models.released.load_released_han`.
+ModelKind = Literal["checkpoint", "avvp-eccv20", "valor", "uwav"]
+MODEL_KINDS: tuple[str, ...] = ("checkpoint", "avvp-eccv20", "valor", "uwav")
 
-def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
+
+def load_han_model(path: Path, kind: str, device: str = "cpu") -> HAN:
+    """A HAN from a uwav checkpoint folder or a released state dict, in eval mode on `device`."""
+    from uwav.devices import resolve_device
+
+    if kind not in MODEL_KINDS:
+        raise InvalidInputError(f"--kind {kind!r}: expected one of {', '.join(MODEL_KINDS)}")
+    if kind == "checkpoint":
+        from uwav.training.han_train import load_han
+
+        return load_han(Path(path), device)
+    from uwav.models.released import load_released_han
+
+    return load_released_han(Path(path), kind).to(resolve_device(device)).eval()
+
+
+def check_model_inputs(model: HAN, features: HanFeatures, classes: Sequence[str], source: str) -> None:
+    """Refuse a model whose input widths or class count differ from the catalog's features and target."""
+    config = model.config
+    expected = {"audio": config["audio_dim"], "visual2d": config["visual2d_dim"], "visual3d": config["visual3d_dim"]}
+    found = dict(zip(("audio", "visual2d", "visual3d"), features.widths))
+    wrong = [f"{name} {found[name]} (model: {expected[name]})" for name in expected if found[name] != expected[name]]
+    if wrong:
+        raise InvalidInputError(
+            f"{source}: the catalog's HAN inputs (stages.train.han.inputs) do not match the model: "
+            f"feature widths {', '.join(wrong)}"
+        )
+    if config["n_classes"] != len(classes):
+        raise InvalidInputError(f"{source}: the model has {config['n_classes']} classes, the target dataset {len(classes)}")
+
+
+@dataclass(frozen=True)
+class ModelEvaluation:
+    scores: dict[str, float]
+    outputs: EvaluateOutputs
+    videos: int
+    excluded_videos: int
+
+
+def evaluate_model(
+    catalog: Catalog,
+    model: HAN,
+    out_dir: Path,
+    *,
+    source: str,
+    history: Sequence[Mapping[str, Any]] | None = None,
+    pseudo_label_quality: Mapping[str, Any] | None = None,
+    notes: Sequence[str] = (),
+) -> ModelEvaluation:
+    """Score `model` on the catalog's evaluation split and write metrics.json, predictions.npz,
+    report.html and the timelines into `out_dir`; `source` names the model in errors and the report."""
     import numpy as np
 
-    from uwav.training.han_train import load_han, score_han
+    from uwav.training.han_train import score_han
 
     settings = catalog.stages.evaluate
     tables = dataset_tables(catalog, "target")
-    train_record = stage_record(catalog, "train")
-    model = load_han(TrainOutputs.of(train_record.outputs).best_checkpoint, catalog.stages.train.device)
     split, labelled = labelled_split(catalog, open_store(catalog), tables, settings.split)
+    check_model_inputs(model, labelled.features, tables.classes, source)
     evaluation = score_han(
-        model, labelled, target_task(catalog), threshold=settings.threshold, precision=catalog.stages.train.precision
+        model, labelled, target_task(catalog), threshold=settings.threshold, decision=catalog.stages.train.decision,
+        precision=catalog.stages.train.precision,
     )
+    out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = out_dir / "metrics.json"
     metrics_path.write_text(json.dumps(evaluation.scores, indent=1))
     predictions_path = out_dir / "predictions.npz"
@@ -42,30 +101,58 @@ def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
         video_prob=evaluation.video_prob,
     )
     timelines = out_dir / "timelines"
-    report = _write_report(catalog, train_record, out_dir, timelines, tables, split.video_ids, labelled, evaluation)
+    report = _write_report(
+        catalog, out_dir, timelines, tables, split.video_ids, labelled, evaluation, history, pseudo_label_quality,
+        [f"catalog: {catalog.base_dir}", f"model: {source}", *notes, f"{len(split.video_ids)} evaluated videos"],
+    )
+    return ModelEvaluation(
+        evaluation.scores, EvaluateOutputs(metrics_path, predictions_path, report, timelines), len(split.video_ids),
+        split.excluded,
+    )
+
+
+def evaluate_imported(catalog: Catalog, model_path: Path, kind: str, out_dir: Path) -> ModelEvaluation:
+    """`uwav evaluate --model PATH --kind KIND`: an imported (or uwav) HAN on the evaluation split."""
+    if not Path(model_path).exists():
+        raise InvalidInputError(f"--model {model_path}: no such file or folder")
+    model = load_han_model(model_path, kind, catalog.stages.train.device)
+    return evaluate_model(catalog, model, out_dir, source=f"{model_path} ({kind})")
+
+
+def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
+    from uwav.training.han_train import load_han
+
+    train_record = stage_record(catalog, "train")
+    train_outputs = TrainOutputs.of(train_record.outputs)
+    model = load_han(train_outputs.best_checkpoint, catalog.stages.train.device)
+    quality = json.loads(PseudoLabelsOutputs.of(stage_record(catalog, "pseudo_labels").outputs).quality.read_text())
+    result = evaluate_model(
+        catalog, model, out_dir, source=f"train stage {train_record.fingerprint}",
+        history=json.loads(train_outputs.history.read_text()), pseudo_label_quality=quality or None,
+        notes=[f"best epoch {train_record.metrics.get('best_epoch')}"],
+    )
     return StageResult(
-        EvaluateOutputs(metrics_path, predictions_path, report, timelines),
-        {"scores": evaluation.scores, "videos": len(split.video_ids), "excluded_videos": split.excluded},
+        result.outputs, {"scores": result.scores, "videos": result.videos, "excluded_videos": result.excluded_videos}
     )
 
 
 def _write_report(
     catalog: Catalog,
-    train_record: StageRecord,
     out_dir: Path,
     timeline_dir: Path,
     tables: DatasetTables,
     video_ids: list[str],
     labelled: LabelledSplit,
     evaluation: HanEvaluation,
+    history: Sequence[Mapping[str, Any]] | None,
+    quality: Mapping[str, Any] | None,
+    notes: list[str],
 ) -> Path:
     """report.html: metrics, pseudo-label quality, training curves and per-video timelines."""
     from uwav.atomic import write_bytes_atomic
     from uwav.evaluation.report import report_timelines, write_html_report
     from uwav.parsing import timeline_file_name
 
-    history = json.loads(TrainOutputs.of(train_record.outputs).history.read_text())
-    quality = json.loads(PseudoLabelsOutputs.of(stage_record(catalog, "pseudo_labels").outputs).quality.read_text())
     probs = evaluation.segment_prob  # (N, T, 2, C), modality axis in MODALITIES order (audio, visual)
     timelines = report_timelines(
         video_ids, tables.classes, evaluation.pred_audio, evaluation.pred_visual, labelled.gt_audio, labelled.gt_visual,
@@ -79,12 +166,8 @@ def _write_report(
         title=f"uwav: {tables.name} ({catalog.stages.evaluate.split} split)",
         scores=evaluation.scores,
         classes=tables.classes,
-        pseudo_label_quality=quality or None,
+        pseudo_label_quality=quality,
         history=history,
         timelines=timelines,
-        notes=[
-            f"catalog: {catalog.base_dir}",
-            f"model: train stage {train_record.fingerprint}, best epoch {train_record.metrics.get('best_epoch')}",
-            f"{len(video_ids)} evaluated videos",
-        ],
+        notes=notes,
     )

@@ -8,14 +8,24 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from uwav.catalog import Catalog
-from uwav.errors import StageError
+from uwav.errors import InvalidInputError, StageError
 from uwav.parsing import ParseOutputs
 from uwav.stages.inputs import HAN_INPUT_FEATURES, dataset_tables
 from uwav.stages.promotion import current_checkpoint
 from uwav.stages.train import han_features
 
 
-def parse_media(catalog: Catalog, paths: Sequence[Path], out_dir: Path, *, progress: bool = True) -> ParseOutputs:
+def parse_media(
+    catalog: Catalog,
+    paths: Sequence[Path],
+    out_dir: Path,
+    *,
+    model_path: Path | None = None,
+    kind: str = "checkpoint",
+    progress: bool = True,
+) -> ParseOutputs:
+    """Parse `paths` with the catalog's current model, or with `model_path` (of `kind`, see
+    `uwav.stages.evaluate.MODEL_KINDS`) when given."""
     import uuid
 
     import polars as pl
@@ -27,11 +37,16 @@ def parse_media(catalog: Catalog, paths: Sequence[Path], out_dir: Path, *, progr
     from uwav.media.decode import MediaError, probe_duration
     from uwav.media.quarantine import QuarantineLog
     from uwav.parsing import write_parse_outputs
-    from uwav.training.han_train import load_han, predict_han
+    from uwav.stages.evaluate import check_model_inputs, load_han_model
+    from uwav.training.han_train import predict_han
 
     if catalog.stages.train.han.inputs != "clip_clap":
         raise StageError("uwav parse needs han.inputs: clip_clap (the official LLP features cannot be computed for new videos)")
-    checkpoint = current_checkpoint(catalog)
+    if model_path is None:
+        model_path, kind = current_checkpoint(catalog), "checkpoint"
+    elif not Path(model_path).exists():
+        raise InvalidInputError(f"--model {model_path}: no such file or folder")
+    model = load_han_model(model_path, kind, catalog.stages.train.device)
     classes = dataset_tables(catalog, "target").classes
     rows, problems = [], []
     for path in paths:
@@ -55,9 +70,10 @@ def parse_media(catalog: Catalog, paths: Sequence[Path], out_dir: Path, *, progr
     split, features = han_features(catalog, store, manifest)
     if not split.video_ids:
         raise StageError("uwav parse: no video could be decoded; " + "; ".join(problems + [str(r) for r in quarantine.to_frame().rows()]))
-    model = load_han(checkpoint, catalog.stages.train.device)
+    check_model_inputs(model, features, classes, f"{model_path} ({kind})")
     segment_prob, video_prob = predict_han(model, features, precision=catalog.stages.train.precision)
     durations = manifest.filter(pl.col("video_id").is_in(split.video_ids))["duration_s"].to_list()
     return write_parse_outputs(
-        out_dir, split.video_ids, classes, segment_prob, video_prob, catalog.stages.evaluate.threshold, durations_s=durations
+        out_dir, split.video_ids, classes, segment_prob, video_prob, catalog.stages.evaluate.threshold, durations_s=durations,
+        decision=catalog.stages.train.decision,
     )

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from uwav.caching import StageRecord, StateDir, file_fingerprint, stable_json, text_fingerprint
 from uwav.catalog import Catalog
 from uwav.contracts import StageOutputs
-from uwav.errors import StageError
+from uwav.errors import MissingInputError, StageError
 
 log = logging.getLogger(__name__)
 
@@ -205,15 +205,26 @@ def stage_settings(catalog: Catalog, stage: str) -> dict[str, Any]:
     if stage == "features":
         return _features_definition(catalog)
     if stage == "pretrain":
+        pretrain = stages.pretrain.model_dump(mode="json", exclude={"device"})
+        if stages.pretrain.checkpoint is not None:
+            # A released generator enters by content: replacing the file restales the stage.
+            released = Path(catalog.resolve(stages.pretrain.checkpoint))  # type: ignore[arg-type]
+            if not released.is_file():
+                raise MissingInputError(f"stages.pretrain.checkpoint: no file {released}")
+            pretrain["checkpoint"] = file_fingerprint(released)
         return {
-            "pretrain": stages.pretrain.model_dump(mode="json", exclude={"device"}),
+            "pretrain": pretrain,
             "dataset": _dataset_identity(catalog, catalog.pretrain),
             "features": _features_definition(catalog),
         }
     if stage == "calibrate":
         return {"calibrate": stages.calibrate.model_dump(mode="json"), "dataset": _dataset_identity(catalog, catalog.target)}
     if stage == "pseudo_labels":
-        return {"store": catalog.stores.pseudo_labels, "dataset": _dataset_identity(catalog, catalog.target)}
+        return {
+            "store": catalog.stores.pseudo_labels,
+            "soft_temperature": stages.pseudo_labels.soft_temperature,
+            "dataset": _dataset_identity(catalog, catalog.target),
+        }
     if stage == "train":
         return stages.train.model_dump(mode="json", exclude={"device"})
     return stages.evaluate.model_dump(mode="json")  # evaluate

@@ -115,13 +115,16 @@ class TrainingRun:
         self.checkpoint_dir = Path(run_dir) / CHECKPOINTS_DIR
         # The fused CUDA kernel: one launch per step instead of several per parameter group.
         fused = next(model.parameters()).is_cuda
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, fused=fused or None)
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay, fused=fused or None
+        )
         self.schedule = WarmupCosine.for_epochs(
             peak_lr=settings.lr,
             min_lr=settings.min_lr,
             warmup_epochs=settings.warmup_epochs,
             epochs=settings.epochs,
             steps_per_epoch=steps_per_epoch,
+            granularity=settings.lr_schedule,
         )
         self.epoch = 0
         self.step = 0

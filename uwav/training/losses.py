@@ -46,14 +46,20 @@ UNIT_WEIGHTS = ClassBalanceWeights(1.0, 1.0)
 
 
 def class_balance_weights(
-    binary_labels: Tensor | np.ndarray, w: float = 0.5, padding_mask: Tensor | np.ndarray | None = None
+    binary_labels: Tensor | np.ndarray,
+    w: float = 0.5,
+    padding_mask: Tensor | np.ndarray | None = None,
+    form: Literal["paper", "released"] = "paper",
 ) -> ClassBalanceWeights:
     """Eq. 18-19 for one modality over the whole training set.
 
     binary_labels: (N, T, C) binary pseudo-labels y^^ of every training video; padding_mask (N, T)
     True = padded (excluded from the means). With `r = mean(y^^)` over (videos, segments, classes):
-    `w_pos = w * (1 - r)`, `w_neg = r`.
+    `w_pos = w * (1 - r)`, `w_neg = r`. `form="released"`: C times those, as the UWAV release
+    weighs (`W * (C - sum_c f_c)` and `sum_c f_c`, f_c the fraction of segments labelled c).
     """
+    if form not in ("paper", "released"):
+        raise ValueError(f"class_balance_weights: form must be 'paper' or 'released', got {form!r}")
     labels = torch.as_tensor(binary_labels, dtype=torch.float64)
     if labels.dim() != 3:
         raise ValueError(f"class_balance_weights: expected (videos, segments, classes), got {tuple(labels.shape)}")
@@ -64,16 +70,18 @@ def class_balance_weights(
     if n_elements == 0:
         raise ValueError("class_balance_weights: no real segments to average over")
     positive_rate = float((labels * real[..., None]).sum() / n_elements)
-    return ClassBalanceWeights(positive=w * (1.0 - positive_rate), negative=positive_rate)
+    scale = labels.shape[-1] if form == "released" else 1
+    return ClassBalanceWeights(positive=scale * w * (1.0 - positive_rate), negative=scale * positive_rate)
 
 
 # ---------------------------------------------------------------- mixup (eq. 14-16)
 
 
 def sample_mixup_pairing(
-    n: int, alpha: float, generator: torch.Generator | None = None
+    n: int, alpha: float, generator: torch.Generator | None = None, one_lambda: bool = False
 ) -> tuple[Tensor, Tensor]:
-    """A random pairing of n segments and one `lambda ~ Beta(alpha, alpha)` per pair (CPU tensors).
+    """A random pairing of n segments and one `lambda ~ Beta(alpha, alpha)` per pair, or one for
+    all pairs with `one_lambda` (CPU tensors).
 
     Returns (partner index (n,) int64, lambda (n,) float32): segment i is mixed with `partner[i]`.
     Deterministic given a CPU `generator` (the global torch RNG when None). torch has no seeded Beta
@@ -81,8 +89,8 @@ def sample_mixup_pairing(
     """
     partner = torch.randperm(n, generator=generator)
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    lam = np.random.default_rng(seed).beta(alpha, alpha, size=n)
-    return partner, torch.from_numpy(lam).to(torch.float32)
+    lam = np.random.default_rng(seed).beta(alpha, alpha, size=1 if one_lambda else n)
+    return partner, torch.from_numpy(np.broadcast_to(lam, (n,)).copy()).to(torch.float32)
 
 
 def _to_device(tensor: Tensor, device: torch.device) -> Tensor:
@@ -146,8 +154,11 @@ class UWAVLoss(nn.Module):
       weights are 1 (plain `L_soft`); on, `mask` is the video label y broadcast over segments
       (`reweight_mask='video_label'`, as printed) or the binary pseudo-label.
     - mixup: `sum_m mean_{i,c} BCE(sigmoid(fc_prob(f-^m_i)), p-^m_i)` over a random pairing of all real
-      segments of the batch; one lambda ~ Beta(alpha, alpha) per pair, shared by the two modalities of
-      that pair. Targets mix the segment-loss targets (`mixup_targets='soft'`) or their ceil
+      segments of the batch; `mixup_lambda='per_pair'`: one pairing and one lambda ~ Beta(alpha, alpha)
+      per pair, shared by the two modalities; `'per_batch'` (the UWAV release): per modality its own
+      pairing and one lambda for all of its pairs. The release writes the loss as
+      `lambda BCE(z-, p_i) + (1 - lambda) BCE(z-, p_j)`, which equals BCE against the mixed target
+      (BCE is linear in its target). Never re-weighted. Targets mix the segment-loss targets (`mixup_targets='soft'`) or their ceil
       (`'ceil'`, the AVE variant; note ceil(sigmoid(z - theta) * y) = y whenever the soft label is
       nonzero, i.e. the video label on every segment).
     The HAN baseline is `UWAVLoss(segment_loss=False, mixup=False)`.
@@ -163,6 +174,7 @@ class UWAVLoss(nn.Module):
         mixup: bool = True,
         mixup_alpha: float = 1.7,
         mixup_targets: Literal["soft", "ceil"] = "soft",
+        mixup_lambda: Literal["per_pair", "per_batch"] = "per_pair",
         video_loss: bool = True,
         segment_loss: bool = True,
         guided_learning: bool = False,
@@ -176,6 +188,8 @@ class UWAVLoss(nn.Module):
             )
         if mixup_targets not in ("soft", "ceil"):
             raise ValueError(f"UWAVLoss: mixup_targets must be 'soft' or 'ceil', got {mixup_targets!r}")
+        if mixup_lambda not in ("per_pair", "per_batch"):
+            raise ValueError(f"UWAVLoss: mixup_lambda must be 'per_pair' or 'per_batch', got {mixup_lambda!r}")
         if mixup and mixup_alpha <= 0:
             raise ValueError(f"UWAVLoss: mixup_alpha must be > 0, got {mixup_alpha}")
         if not (video_loss or segment_loss or mixup):
@@ -192,6 +206,7 @@ class UWAVLoss(nn.Module):
         self.mixup = mixup
         self.mixup_alpha = mixup_alpha
         self.mixup_targets = mixup_targets
+        self.mixup_lambda = mixup_lambda
         self.use_video_loss = video_loss
         self.use_segment_loss = segment_loss
         self.guided_learning = guided_learning
@@ -218,6 +233,7 @@ class UWAVLoss(nn.Module):
             mixup=settings.mixup,
             mixup_alpha=settings.mixup_alpha,
             mixup_targets=settings.mixup_targets,
+            mixup_lambda=settings.mixup_lambda,
             video_loss=video_loss,
             segment_loss=segment_loss,
             guided_learning=settings.guided_learning,
@@ -291,11 +307,15 @@ class UWAVLoss(nn.Module):
             else:
                 keep = ~padding_mask
                 features, mix_targets = output.features[keep], mix_targets[keep]
-            pairing = sample_mixup_pairing(features.shape[0], self.mixup_alpha, generator)
-            partner, lam = (_to_device(t, features.device) for t in pairing)
-            logits = classify(mix(features, partner, lam))
-            mixed = F.binary_cross_entropy_with_logits(
-                logits.float(), mix(mix_targets, partner, lam), reduction="sum"
-            ) / n_real_elements
+            # Modalities mixed together (one pairing) or each on its own (audio, then visual).
+            per_batch = self.mixup_lambda == "per_batch"
+            groups = (slice(0, 1), slice(1, 2)) if per_batch else (slice(0, 2),)
+            for group in groups:
+                pairing = sample_mixup_pairing(features.shape[0], self.mixup_alpha, generator, one_lambda=per_batch)
+                partner, lam = (_to_device(t, features.device) for t in pairing)
+                logits = classify(mix(features[:, group], partner, lam))
+                mixed = mixed + F.binary_cross_entropy_with_logits(
+                    logits.float(), mix(mix_targets[:, group], partner, lam), reduction="sum"
+                ) / n_real_elements
 
         return LossTerms(total=video + segment + mixed, video=video, segment=segment, mixup=mixed)
