@@ -11,6 +11,29 @@ overlapping events are not counted twice. Dense rows are the maximal runs of pos
 per class. An event may end a little after the stated duration (rounding in the annotation
 tool): up to END_TOLERANCE_S it is clipped to the duration, beyond that it is reported as
 "offset beyond the video" and dropped (the official file has no event past its duration).
+
+`segment_rule="any_overlap"` is the released code's rule (`dataloader.py`, UnAV_dataset.get_gt_label;
+METHOD.md "The released code"): an event [start, end] s labels every segment it overlaps at all,
+t in [floor(start), ceil(end)); an end on a whole second does not label the segment starting
+there (end = 3.0 stops at segment 2), a start on a whole second labels its segment (start = 3.0
+labels segment 3). Overlapping events of one class simply add up. Everything else (issue
+checks, clipping, manifest `labels`, dense runs) is the same under both rules.
+
+Number of segments, the one difference left under "any_overlap": the release gives a video
+ceil(duration) segments (`int(d)` if d is whole, else `int(d) + 1`) and resamples its features to
+that count with adaptive average pooling, so its labels always have a segment to land on. Here the
+features decide the count: `n_segments = n_segments_for_duration(d)` (a trailing partial second
+counts only when >= 0.5 s), and labels past it are cut. The two agree when d is whole or its
+fraction is >= 0.5 (42.7 s: 43 and 43); when the fraction is in (0, 0.5) the release has one more
+segment, [floor(d), ceil(d)), that does not exist here (60.06 s: 61 there, 60 here; 10.3 s: 11
+there, 10 here), so an event reaching into that last partial second labels one segment fewer
+here, and an event lying only inside it labels none (its class stays in the manifest `labels`,
+whereas the release's weak label comes from the segment labels). Videos shorter than 0.5 s (one
+segment in the release) are dropped here as before. The release also does not clip an end past
+the duration (it only asserts ceil(end) <= the longest video of its split, and such labels may
+fall on padding): clipping it here changes no segment that exists here; an event ending more
+than END_TOLERANCE_S past the duration is dropped here (the release would keep it; the official
+file has none), as is one with a negative start (the release's assert fails on it).
 """
 
 from __future__ import annotations
@@ -20,12 +43,16 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import polars as pl
 
-from uwav.contracts import MODALITIES, PARTIAL_SEGMENT_MIN_S, validate_dense, validate_manifest
-from uwav.errors import InvalidInputError, MissingInputError
+from uwav.contracts import (
+    MODALITIES,
+    PARTIAL_SEGMENT_MIN_S,
+    validate_dense,
+    validate_manifest,
+)
 from uwav.datasets.validation import (
     IssueCollector,
     Reason,
@@ -35,10 +62,14 @@ from uwav.datasets.validation import (
     n_segments_column,
     normalise_split,
 )
+from uwav.errors import InvalidInputError, MissingInputError
 
 END_TOLERANCE_S = 1.0
 # The same half-segment rule that decides whether a trailing partial segment exists.
 MIN_COVERAGE_S = PARTIAL_SEGMENT_MIN_S
+
+SegmentRule = Literal["half_covered", "any_overlap"]
+SEGMENT_RULES: tuple[str, ...] = get_args(SegmentRule)
 
 _EVENT_SCHEMA = {
     "position": pl.Int64,
@@ -69,6 +100,7 @@ def read_unav100(
     media_root: str | os.PathLike[str] | None = None,
     strict: bool = False,
     report: ValidationReport | None = None,
+    segment_rule: SegmentRule = "half_covered",
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Read the UnAV-100 annotation JSON: (manifest, dense) per uwav.contracts.
 
@@ -76,8 +108,14 @@ def read_unav100(
     distinct event classes in label_id order. Issues are located by the video key (line None).
     With `media_root`, `media_path` is `<media_root>/<youtube id>.<ext>`. With `classes`, events
     of other classes are reported and dropped (default: every class of the file).
+    `segment_rule`: "half_covered" (METHOD.md decision, default) or "any_overlap" (the released
+    code's rule); see the module docstring.
     """
     path = Path(json_path)
+    if segment_rule not in SEGMENT_RULES:
+        raise InvalidInputError(
+            f"UnAV-100 {path}: unknown segment_rule {segment_rule!r} (expected one of {', '.join(SEGMENT_RULES)})"
+        )
     issues = IssueCollector(report, strict, f"UnAV-100 {path}")
     file = issues.file(path)
     duplicate_keys: list[str] = []
@@ -103,7 +141,7 @@ def read_unav100(
     )
     manifest = attach_media(manifest, pl.col("video_id"), media_root, issues)
     issues.close()
-    return validate_manifest(manifest), validate_dense(_segment_runs(events))
+    return validate_manifest(manifest), validate_dense(_segment_runs(events, segment_rule))
 
 
 def _load_database(path: Path, duplicate_keys: list[str]) -> dict[str, Any]:
@@ -193,7 +231,7 @@ def _consistent_events(events: pl.DataFrame, issues: IssueCollector) -> pl.DataF
         pl.format(
             "annotations[{}]: {} with label_id {}, but label_id {} is {} and {} has label_id {}",
             "index", "label", "label_id", "label_id", "first_label", "label", "first_id",
-        ),  # fmt: skip
+        ),
     ).drop("first_label", "first_id")
 
 
@@ -212,9 +250,10 @@ def _valid_events(events: pl.DataFrame, videos: pl.DataFrame, issues: IssueColle
     return events.with_columns(end=pl.min_horizontal("end", "duration_s"))
 
 
-def _segment_runs(events: pl.DataFrame) -> pl.DataFrame:
+def _segment_runs(events: pl.DataFrame, segment_rule: SegmentRule = "half_covered") -> pl.DataFrame:
     """Dense rows: maximal runs of segments covered >= MIN_COVERAGE_S by the union of a class's
-    events, one 'audio' and one 'visual' row per run, in file order.
+    events ("half_covered") or touched by it at all, [floor(start), ceil(end)) ("any_overlap"),
+    cut at n_segments; one 'audio' and one 'visual' row per run, in file order.
 
     Vectorised over all videos (no per-group windows, which are slow with ~17k classes-in-video):
     rows are kept sorted so that every grouping is "a new group starts where the key changes".
@@ -236,6 +275,9 @@ def _segment_runs(events: pl.DataFrame) -> pl.DataFrame:
     )
     first = pl.col("start").floor().cast(pl.Int64)
     stop = pl.min_horizontal(pl.col("end").ceil().cast(pl.Int64), pl.col("n_segments").cast(pl.Int64))
+    # any_overlap: every t of [floor(start), ceil(end)) counts, whatever it covers (an event that
+    # starts after its clipped end still has its first second, as in the release)
+    positive = pl.lit(True) if segment_rule == "any_overlap" else pl.col("cover") >= MIN_COVERAGE_S - 1e-9
     runs = (
         merged.with_columns(t=pl.int_ranges(first, stop))
         .explode("t")
@@ -245,7 +287,7 @@ def _segment_runs(events: pl.DataFrame) -> pl.DataFrame:
         .with_columns(segment=_starts_group([*key, "t"]).cum_sum())
         .group_by("segment", maintain_order=True)
         .agg(pl.col(*key, "t").first(), pl.col("cover").sum())
-        .filter(pl.col("cover") >= MIN_COVERAGE_S - 1e-9)
+        .filter(positive)
         .with_columns(run=(_starts_group(key) | (t != t.shift(1) + 1)).cum_sum())
         .group_by("run", maintain_order=True)
         .agg(pl.col(*key).first(), onset=t.min(), offset=t.max() + 1)

@@ -1,7 +1,12 @@
 """Threshold calibration and pseudo-label materialisation."""
 
-from uwav.labels.rules import binary_pseudo_labels, soft_pseudo_labels
-from uwav.labels.calibration import ClassThreshold, ThresholdSet, best_f1_threshold, calibrate_thresholds
+from uwav.labels.calibration import (
+    ClassThreshold,
+    ThresholdSet,
+    best_f1_threshold,
+    calibrate_thresholds,
+    released_f1_threshold,
+)
 from uwav.labels.pseudo_labels import (
     LIST_COLUMNS,
     PseudoLabelArrays,
@@ -11,9 +16,16 @@ from uwav.labels.pseudo_labels import (
     read_pseudo_labels,
     write_shard,
 )
+from uwav.labels.rules import (
+    RELEASED_SOFT_TEMPERATURE,
+    binary_pseudo_labels,
+    finite_thresholds,
+    soft_pseudo_labels,
+)
 
 __all__ = [
     "LIST_COLUMNS",
+    "RELEASED_SOFT_TEMPERATURE",
     "ClassThreshold",
     "PseudoLabelArrays",
     "ThresholdSet",
@@ -21,9 +33,11 @@ __all__ = [
     "binary_pseudo_labels",
     "calibrate_thresholds",
     "completed_shards",
+    "finite_thresholds",
     "iter_shards",
     "pseudo_label_schema",
     "read_pseudo_labels",
+    "released_f1_threshold",
     "soft_pseudo_labels",
     "write_shard",
 ]
