@@ -380,6 +380,21 @@ RECIPE_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
+def recipe_settings(recipe: Recipe, stage: str) -> dict[str, Any]:
+    """The settings `recipe` gives one stage (`pretrain`, `train`, ...), nested as the settings
+    classes take them (`{"han": {...}, ...}`)."""
+    nested: dict[str, Any] = {}
+    for key, value in RECIPE_SETTINGS[recipe].items():
+        head, *rest = key.split(".")
+        if head != stage:
+            continue
+        node = nested
+        for part in rest[:-1]:
+            node = node.setdefault(part, {})
+        node[rest[-1]] = value
+    return nested
+
+
 def _leaf_keys(data: Any, prefix: str = "") -> set[str]:
     """Dotted keys of the leaves of nested mappings (a list or tuple is a leaf)."""
     if not isinstance(data, dict):

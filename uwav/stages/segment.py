@@ -63,6 +63,8 @@ def read_catalog_dataset(catalog: Catalog, role: Role, report: ValidationReport)
         kwargs.update(dense_path=catalog.resolve(config.dense), classes=config.classes)
     elif config.classes is not None:
         kwargs["classes"] = config.classes
+    if config.kind == "unav100":
+        kwargs["segment_rule"] = catalog.stages.segment.unav_segment_rule
     manifest, dense = read_dataset(config.kind, annotations, **kwargs)  # type: ignore[arg-type]
     classes = list(config.classes) if config.classes else dataset_classes(config.kind, annotations)  # type: ignore[arg-type]
     return DatasetTables(role, name, classes, manifest.with_columns(dataset=pl.lit(name)), dense)
@@ -84,7 +86,7 @@ def _read_synthetic(
     )
     classes = json.loads((root / folder / "classes.json").read_text())
     annotations = root / folder if reader == "llp" else root / folder / "annotations.json"
-    kwargs = {"classes": classes} if reader == "llp" else {}
+    kwargs = {"classes": classes} if reader == "llp" else {"segment_rule": catalog.stages.segment.unav_segment_rule}
     manifest, dense = read_dataset(reader, annotations, media_root=root / media, report=report, **kwargs)
     return DatasetTables(role, name, classes, manifest.with_columns(dataset=pl.lit(name)), dense)
 
