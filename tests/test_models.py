@@ -53,13 +53,16 @@ def han_layer_equations(x: Tensor, other: Tensor, layer: HANLayer) -> Tensor:
 
 
 def han_equations(model: HAN, audio: Tensor, frames: Tensor, visual3d: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """METHOD.md's HAN; `frames` (B, T, 8, Dv) go through fc_v one by one, then are averaged (reference order)."""
+    """METHOD.md's HAN (linear projections); `frames` (B, T, 8, Dv) go through fc_v one by one, then are
+    averaged (reference order). Parallel: both updates read the layer's inputs; sequential: the visual
+    update reads the updated audio."""
     a = linear(audio, model.fc_a)
     v2d = linear(frames, model.fc_v).mean(dim=2)
     v = linear(torch.cat([v2d, linear(visual3d, model.fc_st)], -1), model.fc_fusion)
     for layer in model.han_layers:
-        a = han_layer_equations(a, v, layer)
-        v = han_layer_equations(v, a, layer)
+        a_next = han_layer_equations(a, v, layer)
+        v = han_layer_equations(v, a_next if model.config["update"] == "sequential" else a, layer)
+        a = a_next
     x = torch.stack([a, v], dim=2)
     p = torch.sigmoid(linear(x, model.fc_prob))
     w_time = torch.softmax(linear(x, model.fc_frame_att), dim=1)
@@ -80,19 +83,20 @@ def plg_equations(x: Tensor, text: Tensor, plg: TemporalPseudoLabelGenerator, pa
 # ---------------------------------------------------------------- HAN
 
 
-def small_han(layers: int = 1) -> HAN:
-    dims = dict(n_classes=7, audio_dim=12, visual2d_dim=20, visual3d_dim=9)
-    return HAN(**dims, d_model=32, ffn=48, heads=8, layers=layers).eval()
+def small_han(layers: int = 1, update: str = "parallel") -> HAN:
+    dims = {"n_classes": 7, "audio_dim": 12, "visual2d_dim": 20, "visual3d_dim": 9}
+    return HAN(**dims, d_model=32, ffn=48, heads=8, layers=layers, update=update).eval()
 
 
 def han_inputs(batch: int = 3, segments: int = 10) -> tuple[Tensor, Tensor, Tensor]:
     return torch.randn(batch, segments, 12), torch.randn(batch, segments, 8, 20), torch.randn(batch, segments, 9)
 
 
+@pytest.mark.parametrize("update", ["parallel", "sequential"])
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("grad_enabled", [True, False])  # no_grad takes MultiheadAttention's fast path
-def test_han_forward_matches_method_equations(layers: int, grad_enabled: bool) -> None:
-    model = small_han(layers)
+def test_han_forward_matches_method_equations(layers: int, grad_enabled: bool, update: str) -> None:
+    model = small_han(layers, update)
     audio, frames, visual3d = han_inputs()
     with torch.set_grad_enabled(grad_enabled):
         out = model(audio, frames, visual3d)
@@ -105,9 +109,9 @@ def test_han_forward_matches_method_equations(layers: int, grad_enabled: bool) -
     assert out.video_prob.shape == (3, 7) and out.segment_prob.shape == (3, 10, 2, 7)
 
 
-def test_visual_update_attends_to_updated_audio() -> None:
-    # Attending to the pre-update audio (the ECCV20 code) gives a different function; METHOD.md's is the updated one.
-    model = small_han()
+def test_sequential_visual_update_attends_to_updated_audio() -> None:
+    # Attending to the pre-update audio (parallel, the ECCV20 code) gives a different function.
+    model = small_han(update="sequential")
     audio, frames, visual3d = han_inputs()
     with torch.no_grad():
         a = model.fc_a(audio)
@@ -119,7 +123,7 @@ def test_visual_update_attends_to_updated_audio() -> None:
 
 def test_frame_average_before_fc_v_equals_reference_pooling_after() -> None:
     # The reference applies fc_v to the (B, 8T, Dv) frame sequence and avg-pools 8 consecutive frames.
-    model = small_han()
+    model = small_han(update="sequential")
     audio, _, visual3d = han_inputs()
     flat_frames = torch.randn(3, 80, 20)
     with torch.no_grad():

@@ -1,22 +1,28 @@
 """The inference model: HAN with attentive MMIL pooling (METHOD.md "Inference model").
 
-Faithful to the reference implementations (AVVP-ECCV20 `nets/net_audiovisual.py` and VALOR's
-`main_network.py`, which UWAV builds on); module names follow them (`fc_a`, `fc_v`, `fc_st`,
-`fc_fusion`, `cm_attn`, `self_attn`, `linear1/2`, `norm1/2`, `fc_prob`, `fc_frame_att`, `fc_av_att`).
+One configurable class covers the three released forms (`HAN_PRESETS`); module names follow the
+reference code (`fc_a`, `fc_v`, `fc_st`, `fc_fusion`, `cm_attn`, `self_attn`, `linear1/2`,
+`norm1/2`, `fc_prob`, `fc_frame_att`, `fc_av_att`) so released weights map one to one
+(`uwav.models.released`).
 
-Order of the two modality updates: METHOD.md (and VALOR) apply the shared layer to the audio
-first and let the visual stream attend to the *updated* audio. The ECCV20 code attends to the
-not-yet-updated audio instead; we follow METHOD.md.
+- `update`: `parallel` updates audio and visual from the layer's inputs (the paper's eq. 1-2 and
+  AVVP-ECCV20 `nets/net_audiovisual.py`); `sequential` updates the audio first and lets the visual
+  stream attend to the *updated* audio (VALOR `main_network.py`, the UWAV release `model/HAN.py`).
+- `projection`: `linear` is `fc_fusion(concat(fc_v(visual2d), fc_st(visual3d)))` with a linear
+  `fc_a` (AVVP-ECCV20, VALOR); `mlp` is the UWAV release's: `fc_a` a 2-layer MLP (audio ->
+  2d -> d, ReLU) and one linear `fc_fusion` over concat(2-D frame mean, 3-D feature).
 
 Differences from the reference that do not change the function: `batch_first` attention (the
 reference permutes to (T, B, D)); the 8 ResNet frames of a segment are averaged before `fc_v`
 rather than after (a linear map commutes with the mean; 8x cheaper). Addition: an optional
 key-padding mask for variable-length videos (LLP/AVE clips are all 10 segments and pass None).
+Only the post-norm layer is built: every released training script uses it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +32,19 @@ from uwav.catalog import HanSettings
 from uwav.errors import InvalidInputError
 
 AUDIO, VISUAL = 0, 1  # order of the modality axis of every (B, T, 2, ...) output
+
+HanUpdate = Literal["parallel", "sequential"]
+HanProjection = Literal["linear", "mlp"]
+
+# The released configurations, as HAN constructor arguments (d_model and the input dims come from
+# the data, or from a released state dict's shapes). Sources: AVVP-ECCV20 `MMIL_Net`; VALOR
+# `main_network.py` with its training script's 8 heads / FFN 1024 (VALOR++ checkpoints are
+# 256 wide with 4 layers); UWAV `scripts/train_han.sh` (5 layers, 16 heads, FFN 2048).
+HAN_PRESETS: dict[str, dict[str, Any]] = {
+    "avvp-eccv20": {"layers": 1, "heads": 1, "ffn": 512, "update": "parallel", "projection": "linear", "dropout": 0.1},
+    "valor": {"layers": 1, "heads": 8, "ffn": 1024, "update": "sequential", "projection": "linear", "dropout": 0.1},
+    "uwav-released": {"layers": 5, "heads": 16, "ffn": 2048, "update": "sequential", "projection": "mlp", "dropout": 0.1},
+}
 
 
 @dataclass(frozen=True)
@@ -81,6 +100,7 @@ class HAN(nn.Module):
 
     Inputs: audio (VGGish 128-d or CLAP), 2-D visual (ResNet-152 2048-d or CLIP), 3-D visual
     (R(2+1)D-18 512-d); the dims are constructor arguments. The layers are shared by both modalities.
+    `update` and `projection`: see the module docstring.
     """
 
     def __init__(
@@ -94,6 +114,8 @@ class HAN(nn.Module):
         heads: int = 8,
         layers: int = 1,
         dropout: float = 0.1,
+        update: HanUpdate = "parallel",
+        projection: HanProjection = "linear",
     ) -> None:
         super().__init__()
         if d_model % heads != 0:
@@ -101,16 +123,29 @@ class HAN(nn.Module):
                 f"HAN: {heads} attention heads do not divide d_model={d_model}; "
                 "set stages.train.han.heads to a divisor of d_model"
             )
+        if update not in ("parallel", "sequential") or projection not in ("linear", "mlp"):
+            raise InvalidInputError(
+                f"HAN: update must be 'parallel' or 'sequential' (got {update!r}), "
+                f"projection 'linear' or 'mlp' (got {projection!r})"
+            )
         self.n_classes = n_classes
+        self.update = update
+        self.projection = projection
         # The constructor arguments: checkpoints store them, and `load_han` rebuilds the model from them.
         self.config = {
             "n_classes": n_classes, "audio_dim": audio_dim, "visual2d_dim": visual2d_dim, "visual3d_dim": visual3d_dim,
             "d_model": d_model, "ffn": ffn, "heads": heads, "layers": layers, "dropout": dropout,
+            "update": update, "projection": projection,
         }
-        self.fc_a = nn.Linear(audio_dim, d_model)
-        self.fc_v = nn.Linear(visual2d_dim, d_model)
-        self.fc_st = nn.Linear(visual3d_dim, d_model)
-        self.fc_fusion = nn.Linear(2 * d_model, d_model)
+        self.fc_a: nn.Module
+        if projection == "mlp":
+            self.fc_a = nn.Sequential(nn.Linear(audio_dim, 2 * d_model), nn.ReLU(), nn.Linear(2 * d_model, d_model))
+            self.fc_fusion = nn.Linear(visual2d_dim + visual3d_dim, d_model)
+        else:
+            self.fc_a = nn.Linear(audio_dim, d_model)
+            self.fc_v = nn.Linear(visual2d_dim, d_model)
+            self.fc_st = nn.Linear(visual3d_dim, d_model)
+            self.fc_fusion = nn.Linear(2 * d_model, d_model)
         self.han_layers = nn.ModuleList(HANLayer(d_model, heads, ffn, dropout) for _ in range(layers))
         self.fc_prob = nn.Linear(d_model, n_classes)
         self.fc_frame_att = nn.Linear(d_model, n_classes)
@@ -131,6 +166,8 @@ class HAN(nn.Module):
             heads=settings.heads,
             layers=settings.layers,
             dropout=settings.dropout,
+            update=settings.update,
+            projection=settings.projection,
         )
 
     def encode(
@@ -138,7 +175,7 @@ class HAN(nn.Module):
     ) -> Tensor:
         """Segment features f~ (B, T, 2, d) after the HAN layers (modality axis: audio, visual)."""
         # Feature stores may hold float16; compute in the weights' dtype (autocast still applies on top).
-        dtype = self.fc_a.weight.dtype
+        dtype = self.fc_prob.weight.dtype
         audio, visual2d, visual3d = audio.to(dtype), visual2d.to(dtype), visual3d.to(dtype)
         if not (audio.shape[:2] == visual2d.shape[:2] == visual3d.shape[:2]):
             raise ValueError(
@@ -146,21 +183,27 @@ class HAN(nn.Module):
                 f"visual2d {tuple(visual2d.shape)}, visual3d {tuple(visual3d.shape)}"
             )
         a = self.fc_a(audio)
-        v = self.fc_fusion(torch.cat((self.project_visual2d(visual2d), self.fc_st(visual3d)), dim=-1))
+        v = self.project_visual(visual2d, visual3d)
         for layer in self.han_layers:
-            a = layer(a, v, padding_mask)
-            v = layer(v, a, padding_mask)  # the visual update attends to the updated audio
+            if self.update == "parallel":
+                a, v = layer(a, v, padding_mask), layer(v, a, padding_mask)
+            else:
+                a = layer(a, v, padding_mask)
+                v = layer(v, a, padding_mask)  # the visual update attends to the updated audio
         return torch.stack((a, v), dim=2)
 
-    def project_visual2d(self, visual2d: Tensor) -> Tensor:
-        """`fc_v` of the 2-D visual features (B, T, D) or (B, T, frames, D) -> (B, T, d).
+    def project_visual(self, visual2d: Tensor, visual3d: Tensor) -> Tensor:
+        """The fused visual stream (B, T, d) from 2-D (B, T, D) or (B, T, frames, D) and 3-D (B, T, D3) features.
 
-        Frames are averaged before `fc_v`: the mean commutes with a linear map, so this is the
-        reference's `fc_v` per frame followed by the mean, at 1/frames of the cost.
+        Frames are averaged first: the release's `mlp` form averages before `fc_fusion`, and for
+        `linear` the mean commutes with `fc_v`, so this is the reference's `fc_v` per frame
+        followed by the mean, at 1/frames of the cost.
         """
         if visual2d.dim() == 4:
             visual2d = visual2d.mean(dim=2)
-        return self.fc_v(visual2d)
+        if self.projection == "mlp":
+            return self.fc_fusion(torch.cat((visual2d, visual3d), dim=-1))
+        return self.fc_fusion(torch.cat((self.fc_v(visual2d), self.fc_st(visual3d)), dim=-1))
 
     def classify(self, features: Tensor) -> Tensor:
         """Segment logits from segment features (..., d) -> (..., C): the shared classifier `fc_prob`."""

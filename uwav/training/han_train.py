@@ -292,7 +292,9 @@ def load_han(checkpoint: Path, device: str = "cpu") -> HAN:
     meta = load_checkpoint(checkpoint, with_state=False).meta
     if meta.get("identity", {}).get("stage") != STAGE:
         raise InvalidInputError(f"{checkpoint}: not a stage-2 (HAN) checkpoint")
-    model = HAN(**meta["identity"]["model"])
+    # Checkpoints written before `update` / `projection` existed were trained with the sequential
+    # update and the linear projections: fill those in so that they reproduce their outputs.
+    model = HAN(**{"update": "sequential", "projection": "linear", **meta["identity"]["model"]})
     return load_weights_into(model, checkpoint).to(resolve_device(device)).eval()
 
 

@@ -147,7 +147,8 @@ def load_plg(checkpoint: Path, device: str = "cpu") -> AudioVisualPLG:
     meta = load_checkpoint(checkpoint, with_state=False).meta
     if meta.get("identity", {}).get("stage") != STAGE:
         raise InvalidInputError(f"{checkpoint}: not a stage-1 (PLG) checkpoint")
-    model = AudioVisualPLG(**meta["identity"]["model"])
+    # Checkpoints written before `architecture` existed hold the encoder-width generator.
+    model = AudioVisualPLG(**{"architecture": "encoder_width", **meta["identity"]["model"]})
     return load_weights_into(model, checkpoint).to(resolve_device(device)).eval()
 
 
