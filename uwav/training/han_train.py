@@ -25,10 +25,10 @@ import polars as pl
 import torch
 
 from uwav.catalog import Precision, Task, TrainSettings
-from uwav.contracts import AudioVisual
+from uwav.contracts import AudioVisual, Decision
 from uwav.devices import autocast
 from uwav.errors import InvalidInputError
-from uwav.evaluation import ave_accuracy, avvp_scores, decide
+from uwav.evaluation.protocol import ave_accuracy, avvp_scores, decide, passes
 from uwav.models.han import AUDIO, HAN, VISUAL
 from uwav.training.checkpoints import BEST_NAME, load_checkpoint, load_weights_into
 from uwav.training.data import HanFeatures, HanTrainData, InMemoryBatches, LabelledSplit, padding_mask_from_lengths
@@ -76,7 +76,8 @@ def class_balance_for(data: HanTrainData, settings: TrainSettings) -> tuple[Clas
     features = data.train
     mask = None if features.lengths is None else padding_mask_from_lengths(features.lengths, features.n_segments)
     return tuple(  # type: ignore[return-value]
-        class_balance_weights(data.binary_labels[:, :, modality], settings.reweight_w, mask) for modality in (AUDIO, VISUAL)
+        class_balance_weights(data.binary_labels[:, :, modality], settings.reweight_w, mask, settings.reweight_form)
+        for modality in (AUDIO, VISUAL)
     )
 
 
@@ -98,20 +99,25 @@ def predict_han(
     return np.concatenate(segment), np.concatenate(video)
 
 
-def llp_decisions(segment_prob: np.ndarray, video_prob: np.ndarray, threshold: float = 0.5) -> AudioVisual[np.ndarray]:
+def llp_decisions(
+    segment_prob: np.ndarray, video_prob: np.ndarray, threshold: float = 0.5, decision: Decision = "at_least"
+) -> AudioVisual[np.ndarray]:
     """The test-time rule on HAN outputs: predictions bool (N, T, C)."""
-    return decide(segment_prob[:, :, AUDIO], segment_prob[:, :, VISUAL], video_prob, threshold)
+    return decide(segment_prob[:, :, AUDIO], segment_prob[:, :, VISUAL], video_prob, threshold, decision)
 
 
-def ave_predictions(segment_prob: np.ndarray, video_prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+def ave_predictions(
+    segment_prob: np.ndarray, video_prob: np.ndarray, threshold: float = 0.5, decision: Decision = "at_least"
+) -> np.ndarray:
     """AVE segment classes (N, T) int64, index C = background (the rule in the module docstring)."""
     audio, visual = segment_prob[:, :, AUDIO], segment_prob[:, :, VISUAL]  # (N, T, C)
     candidate = np.argmax(audio * visual, axis=-1)  # (N, T)
     pick = candidate[..., None]
+    above = passes(decision)
     on = (
-        (np.take_along_axis(audio, pick, -1)[..., 0] >= threshold)
-        & (np.take_along_axis(visual, pick, -1)[..., 0] >= threshold)
-        & (np.take_along_axis(video_prob, candidate, -1) >= threshold)
+        above(np.take_along_axis(audio, pick, -1)[..., 0], threshold)
+        & above(np.take_along_axis(visual, pick, -1)[..., 0], threshold)
+        & above(np.take_along_axis(video_prob, candidate, -1), threshold)
     )
     return np.where(on, candidate, audio.shape[-1]).astype(np.int64)
 
@@ -148,6 +154,7 @@ def score_han(
     task: Task = "llp",
     *,
     threshold: float = 0.5,
+    decision: Decision = "at_least",
     batch_size: int = PREDICT_BATCH_SIZE,
     precision: Precision = "fp32",
 ) -> HanEvaluation:
@@ -160,22 +167,28 @@ def score_han(
     if task == "ave" and features.lengths is not None:
         raise ValueError("score_han: AVE accuracy needs videos of equal length (the split has padded videos)")
     segment_prob, video_prob = predict_han(model, features, batch_size=batch_size, precision=precision)
-    pred_audio, pred_visual = llp_decisions(segment_prob, video_prob, threshold)
+    pred_audio, pred_visual = llp_decisions(segment_prob, video_prob, threshold, decision)
     if features.lengths is not None:
         real = ~padding_mask_from_lengths(features.lengths, features.n_segments).numpy()[:, :, None]
         pred_audio, pred_visual = pred_audio & real, pred_visual & real
     scores = avvp_scores(pred_audio, pred_visual, split.gt_audio, split.gt_visual)
     if task == "ave":
-        predicted = ave_predictions(segment_prob, video_prob, threshold)
+        predicted = ave_predictions(segment_prob, video_prob, threshold, decision)
         scores["ave_accuracy"] = ave_accuracy(predicted, ave_targets(split.gt_audio, split.gt_visual))
     return HanEvaluation(scores, segment_prob, video_prob, pred_audio, pred_visual)
 
 
 def evaluate_han(
-    model: HAN, split: LabelledSplit, task: Task = "llp", *, batch_size: int = PREDICT_BATCH_SIZE, precision: Precision = "fp32"
+    model: HAN,
+    split: LabelledSplit,
+    task: Task = "llp",
+    *,
+    decision: Decision = "at_least",
+    batch_size: int = PREDICT_BATCH_SIZE,
+    precision: Precision = "fp32",
 ) -> dict[str, float]:
     """The scores of `score_han` at the 0.5 threshold (validation and the ablation grid)."""
-    return score_han(model, split, task, batch_size=batch_size, precision=precision).scores
+    return score_han(model, split, task, decision=decision, batch_size=batch_size, precision=precision).scores
 
 
 def train_han(
@@ -260,7 +273,7 @@ def train_han(
             means = (sums / len(batches)).tolist()
             train_s = time.perf_counter() - started
             started = time.perf_counter()
-            scores = evaluate_han(model, data.val, task, precision=settings.precision)
+            scores = evaluate_han(model, data.val, task, decision=settings.decision, precision=settings.precision)
             record = {
                 **dict(zip(("loss", "loss_video", "loss_segment", "loss_mixup"), means)),
                 "lr": lr,
@@ -359,7 +372,7 @@ def run_ablation(
             resume=resume,
         )
         split, name = (test, "test") if test is not None else (data.val, "val")
-        scores = evaluate_han(result.model, split, task, precision=settings.precision)
+        scores = evaluate_han(result.model, split, task, decision=settings.decision, precision=settings.precision)
         rows.append({"variant": variant.name, "best_epoch": result.best_epoch, "split": name, **scores})
     return pl.DataFrame(rows)
 

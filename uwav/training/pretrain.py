@@ -1,8 +1,11 @@
 """Stage 1: pre-training the pseudo-label generator on UnAV-100-style data (METHOD.md "Stage 1").
 
 Loss `BCE(p^v * p^a, y')` against segment labels, padded segments masked out of the attention and
-the loss; AdamW, linear warm-up to `lr` over `warmup_epochs`, cosine to `min_lr`, gradient-norm
-clip; a checkpoint per epoch and resume (see `uwav.training.loops`).
+the loss (the release weighs the classes present in a video by `present_class_weight`); AdamW,
+linear warm-up to `lr` over `warmup_epochs`, cosine to `min_lr`, gradient-norm clip; a checkpoint
+per epoch and resume (see `uwav.training.loops`). `select: best_val_av_f1` keeps the epoch with the
+best validation segment-level audio-visual F1 (LLP protocol, prediction p^v p^a >= 0.5), as the
+UWAV release does on UnAV-100's validation split.
 
 Decision: each batch is cut to its longest video before the forward pass (padding beyond it
 would be masked anyway; UnAV-100 videos run up to 60 segments, most far fewer).
@@ -24,7 +27,8 @@ from uwav.contracts import AudioVisual
 from uwav.devices import autocast
 from uwav.errors import InvalidInputError
 from uwav.models.plg import AudioVisualPLG
-from uwav.training.checkpoints import load_checkpoint, load_weights_into
+from uwav.evaluation.protocol import avvp_scores
+from uwav.training.checkpoints import BEST_NAME, load_checkpoint, load_weights_into
 from uwav.training.data import InMemoryBatches, PretrainData, padding_mask_from_lengths, plg_inputs, real_segments
 from uwav.training.loops import (
     DEFAULT_KEEP_EPOCH_CHECKPOINTS,
@@ -41,7 +45,8 @@ STAGE = "pretrain"
 
 @dataclass(frozen=True)
 class PretrainResult:
-    """The trained generator (eval mode, on the training device), per-epoch history, last checkpoint folder."""
+    """The trained generator (eval mode, on the training device), per-epoch history, and the
+    checkpoint folder it comes from (the last epoch's, or `best/` with `select: best_val_av_f1`)."""
 
     model: AudioVisualPLG
     history: list[dict[str, Any]]
@@ -53,8 +58,10 @@ def plg_loss(
     audio_logits: Tensor,
     segment_labels: Tensor,
     padding_mask: Tensor | None = None,
+    present_class_weight: float = 1.0,
 ) -> Tensor:
-    """Stage-1 loss `BCE(p^v * p^a, y')`, mean over real (video, segment, class) elements.
+    """Stage-1 loss `BCE(p^v * p^a, y')`, mean over real (video, segment, class) elements; the
+    elements of classes present anywhere in the video weigh `present_class_weight` (the others 1).
 
     Logits and labels are (B, T, C). Computed in log space for stability:
     `log p^av = logsig(z^v) + logsig(z^a)` and
@@ -66,6 +73,9 @@ def plg_loss(
     log_not_p = torch.logaddexp(F.logsigmoid(-zv), log_pv + F.logsigmoid(-za))
     bce = -(y * log_p + (1.0 - y) * log_not_p)
     real = real_segments(padding_mask, bce)
+    if present_class_weight != 1.0:
+        present = ((y > 0) & (real[..., None] > 0)).any(dim=1, keepdim=True)  # (B, 1, C)
+        bce = bce * torch.where(present, present_class_weight, 1.0)
     return (bce * real[..., None]).sum() / (real.sum() * bce.shape[-1])
 
 
@@ -82,6 +92,7 @@ def pretrain_plg(
     settings: PretrainSettings,
     run_dir: Path,
     *,
+    val: PretrainData | None = None,
     progress: bool = True,
     callback: EpochCallback | None = None,
     resume: bool = True,
@@ -91,8 +102,11 @@ def pretrain_plg(
     (which deletes `run_dir/checkpoints` first).
 
     `callback(record)` runs after each epoch's checkpoint is written; `record` holds `epoch`,
-    `loss` (mean training loss of the epoch) and `lr` (rate of its last step).
+    `loss` (mean training loss of the epoch) and `lr` (rate of its last step), and `val_seg_av`
+    when `val` is given (needed by `select: best_val_av_f1`).
     """
+    if settings.select == "best_val_av_f1" and val is None:
+        raise InvalidInputError("pretrain: select: best_val_av_f1 needs a validation split of the pre-training set")
     device = resolve_device(settings.device)
     visual_dim, audio_dim = data.visual.shape[2], data.audio.shape[2]
     batches = InMemoryBatches(
@@ -128,18 +142,41 @@ def pretrain_plg(
                 visual, audio, labels, mask = trim_to_longest(batch)
                 with autocast(device, settings.precision):
                     visual_logits, audio_logits = model(visual, audio, visual_text, audio_text, mask)
-                    loss = plg_loss(visual_logits, audio_logits, labels, mask)
+                    loss = plg_loss(visual_logits, audio_logits, labels, mask, settings.present_class_weight)
                 lr = run.train_step(loss)
                 total += loss.detach()
-            record = {"loss": float(total) / len(batches), "lr": lr}
-            run.end_epoch(record)
+            record: dict[str, Any] = {"loss": float(total) / len(batches), "lr": lr}
+            if val is not None:
+                record["val_seg_av"] = validation_av_f1(model, val, settings)
+            run.end_epoch(record, score=record.get("val_seg_av") if settings.select == "best_val_av_f1" else None)
             bar.set_postfix(loss=f"{record['loss']:.4f}")
             if callback is not None:
                 callback(run.history[-1])
     model.eval()
     if run.last_checkpoint is None:
         raise RuntimeError(f"pretrain_plg: no checkpoint written under {run_dir}")
+    if settings.select == "best_val_av_f1":
+        best = run.checkpoint_dir / BEST_NAME
+        load_weights_into(model, best)
+        return PretrainResult(model=model, history=run.history, checkpoint=best)
     return PretrainResult(model=model, history=run.history, checkpoint=run.last_checkpoint)
+
+
+def validation_av_f1(model: AudioVisualPLG, val: PretrainData, settings: PretrainSettings) -> float:
+    """Segment-level audio-visual F1 (percent, LLP protocol) of the prediction p^v * p^a >= 0.5 on
+    `val`'s real segments: the UWAV release's model selection on UnAV-100 validation."""
+    logits = predict_plg(
+        model, val.visual, val.audio, val.lengths, val.visual_text, val.audio_text, precision=settings.precision
+    )
+    # Padded segments are NaN and so predicted negative.
+    with np.errstate(invalid="ignore", over="ignore"):
+        predicted = _sigmoid(logits.visual) * _sigmoid(logits.audio) >= 0.5
+    truth = val.segment_labels.numpy() > 0
+    return avvp_scores(predicted, predicted, truth, truth)["seg_av"]
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
 
 
 def load_plg(checkpoint: Path, device: str = "cpu") -> AudioVisualPLG:
