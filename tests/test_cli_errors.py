@@ -142,6 +142,15 @@ def test_parse_before_any_model_was_trained(tmp_path: Path) -> None:
     assert_one_line_error(result.exit_code, result.stderr, "stage train has not run")
 
 
+def test_parse_and_evaluate_with_a_model_file_that_is_not_there(tmp_path: Path) -> None:
+    path = write(tmp_path, custom_catalog(tmp_path))
+    missing = tmp_path / "HAN.pt"
+    result = invoke("parse", str(tmp_path / "clip.mp4"), "--catalog", str(path), "--model", str(missing), "--kind", "uwav")
+    assert_one_line_error(result.exit_code, result.stderr, f"--model {missing}: no such file")
+    result = invoke("evaluate", "--catalog", str(path), "--model", str(missing), "--kind", "martian")
+    assert_one_line_error(result.exit_code, result.stderr, "--kind 'martian'")
+
+
 def test_ablation_with_an_llp_folder_lacking_its_files(tmp_path: Path) -> None:
     data = custom_catalog(tmp_path)
     (tmp_path / "llp").mkdir()

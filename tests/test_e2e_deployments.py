@@ -317,6 +317,15 @@ def test_served_deployments_run_the_pipeline_then_retrain_on_new_videos_only(
         segments = pl.read_parquet(parsed_dir / "segments.parquet")
         assert segments.height == 10 * len(videos) and set(segments.columns) >= {"audio", "visual", "audio_visual"}
         assert all((parsed_dir / f"{v.stem}.png").read_bytes().startswith(b"\x89PNG") for v in videos)
+        # --model: the same checkpoint named explicitly parses the same events.
+        explicit_dir = tmp_path / "parsed_explicit"
+        parse = subprocess.run(
+            [str(Path(sys.executable).parent / "uwav"), "parse", *map(str, videos), "--catalog", str(catalog),
+             "--out", str(explicit_dir), "--model", current["checkpoint"], "--kind", "checkpoint"],
+            env=env, capture_output=True, text=True, timeout=300, check=False,
+        )
+        assert parse.returncode == 0, parse.stdout + parse.stderr
+        assert json.loads((explicit_dir / "events.json").read_text()) == events
 
         # ------------------------------------------------ new videos, then uwav/retrain
         added = publish_target(media, project, N_INITIAL_TRAIN + N_ADDED)[N_INITIAL_TRAIN:]

@@ -55,57 +55,62 @@ def block_shapes(prefix: str, dim: int, ffn: int, attentions: tuple[str, ...]) -
     return shapes | norm_shapes(f"{prefix}.norm1", dim) | norm_shapes(f"{prefix}.norm2", dim)
 
 
-def unused_han_keys(kind: str) -> dict[str, tuple[int, ...]]:
+def unused_han_keys(kind: str, width: int = D, ffn: int = FFN) -> dict[str, tuple[int, ...]]:
     """Modules in the released state dict that the released (post-norm) forward never runs."""
     if kind == "avvp-eccv20":
         return (
-            block_shapes("audio_encoder.layers.0", D, FFN, ("self_attn",))
-            | block_shapes("visual_encoder.layers.0", D, FFN, ("self_attn",))
-            | block_shapes("cmt_encoder.layers.0", D, FFN, ("self_attn",))
-            | norm_shapes("cmt_encoder.norm1", D)
-            | norm_shapes("cmt_encoder.norm2", D)
-            | norm_shapes("hat_encoder.norm1", D)
-            | norm_shapes("hat_encoder.norm2", D)
+            block_shapes("audio_encoder.layers.0", width, ffn, ("self_attn",))
+            | block_shapes("visual_encoder.layers.0", width, ffn, ("self_attn",))
+            | block_shapes("cmt_encoder.layers.0", width, ffn, ("self_attn",))
+            | norm_shapes("cmt_encoder.norm1", width)
+            | norm_shapes("cmt_encoder.norm2", width)
+            | norm_shapes("hat_encoder.norm1", width)
+            | norm_shapes("hat_encoder.norm2", width)
         )
-    return norm_shapes("hat_encoder.final_norm_a", D) | norm_shapes("hat_encoder.final_norm_v", D)
+    return norm_shapes("hat_encoder.final_norm_a", width) | norm_shapes("hat_encoder.final_norm_v", width)
 
 
-def released_han_shapes(kind: str, layers: int) -> dict[str, tuple[int, ...]]:
+def released_han_shapes(
+    kind: str, layers: int, *, classes: int = C, audio: int = DA, visual2d: int = DV, visual3d: int = D3,
+    width: int = D, ffn: int = FFN,
+) -> dict[str, tuple[int, ...]]:
     if kind == "uwav":  # HybridAttentionNet: MLP fc_a, one-layer MLPs elsewhere
         shapes = (
-            linear_shapes("fc_prob", C, D)
-            | linear_shapes("fc_frame_att.layers.0", C, D)
-            | linear_shapes("fc_av_att.layers.0", C, D)
-            | linear_shapes("fc_a.layers.0", 2 * D, DA)
-            | linear_shapes("fc_a.layers.1", D, 2 * D)
-            | linear_shapes("fc_fusion.layers.0", D, DV + D3)
+            linear_shapes("fc_prob", classes, width)
+            | linear_shapes("fc_frame_att.layers.0", classes, width)
+            | linear_shapes("fc_av_att.layers.0", classes, width)
+            | linear_shapes("fc_a.layers.0", 2 * width, audio)
+            | linear_shapes("fc_a.layers.1", width, 2 * width)
+            | linear_shapes("fc_fusion.layers.0", width, visual2d + visual3d)
         )
     else:  # MMIL_Net
         shapes = (
-            linear_shapes("fc_prob", C, D)
-            | linear_shapes("fc_frame_att", C, D)
-            | linear_shapes("fc_av_att", C, D)
-            | linear_shapes("fc_a", D, DA)
-            | linear_shapes("fc_v", D, DV)
-            | linear_shapes("fc_st", D, D3)
-            | linear_shapes("fc_fusion", D, 2 * D)
+            linear_shapes("fc_prob", classes, width)
+            | linear_shapes("fc_frame_att", classes, width)
+            | linear_shapes("fc_av_att", classes, width)
+            | linear_shapes("fc_a", width, audio)
+            | linear_shapes("fc_v", width, visual2d)
+            | linear_shapes("fc_st", width, visual3d)
+            | linear_shapes("fc_fusion", width, 2 * width)
         )
     for i in range(layers):
-        shapes |= block_shapes(f"hat_encoder.layers.{i}", D, FFN, ("self_attn", "cm_attn"))
-    return shapes | unused_han_keys(kind)
+        shapes |= block_shapes(f"hat_encoder.layers.{i}", width, ffn, ("self_attn", "cm_attn"))
+    return shapes | unused_han_keys(kind, width, ffn)
 
 
 # The generator: TemporalTransformer with width H, encoders of width EV (CLIP) and EA (CLAP).
 H, EV, EA, PLG_FFN, PLG_LAYERS = 16, 12, 8, 32, 2
 
 
-def released_plg_shapes(layers: int = PLG_LAYERS) -> dict[str, tuple[int, ...]]:
+def released_plg_shapes(
+    layers: int = PLG_LAYERS, *, width: int = H, visual: int = EV, audio: int = EA, ffn: int = PLG_FFN
+) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {"a_logit_scale": (), "v_logit_scale": ()}
-    for short, enc in (("a", EA), ("v", EV)):
-        shapes |= linear_shapes(f"proj_{short}.layers.0", 2 * H, enc) | linear_shapes(f"proj_{short}.layers.1", H, 2 * H)
+    for short, enc in (("a", audio), ("v", visual)):
+        shapes |= linear_shapes(f"proj_{short}.layers.0", 2 * width, enc) | linear_shapes(f"proj_{short}.layers.1", width, 2 * width)
         for i in range(layers):
-            shapes |= block_shapes(f"{short}_transformer.encoder.layers.{i}", H, PLG_FFN, ("self_attn",))
-        shapes |= linear_shapes(f"final_proj_{short}.layers.0", enc, H) | linear_shapes(f"final_proj_{short}.layers.1", enc, enc)
+            shapes |= block_shapes(f"{short}_transformer.encoder.layers.{i}", width, ffn, ("self_attn",))
+        shapes |= linear_shapes(f"final_proj_{short}.layers.0", enc, width) | linear_shapes(f"final_proj_{short}.layers.1", enc, enc)
     return shapes
 
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from uwav.catalog import load_catalog
+from uwav.catalog import Catalog, load_catalog
 from uwav.cli import app
 from uwav.labels import read_pseudo_labels
 from uwav.stages import STAGES, StageError, compute_fingerprints, plan, run_pipeline, stage_status, state_dir
@@ -221,3 +221,137 @@ def test_stage_order_is_enforced(tmp_path: Path) -> None:
     catalog = load_catalog(write_catalog(tmp_path, small_catalog()))
     with pytest.raises(StageError, match="upstream stage segment is not fresh"):
         run_stage(catalog, "features", progress=False)
+
+
+# ---------------------------------------------------------------- released models and the released recipe
+
+
+def test_evaluate_cli_scores_a_released_han(finished_run: Path, tmp_path: Path) -> None:
+    """`uwav evaluate --model PATH --kind uwav`: a UWAV-release HAN state dict scored by the one
+    scoring path on the catalog's test split; a model made for other features is refused."""
+    from tests.test_released_models import random_state, released_han_shapes, save
+    from uwav.models.released import load_released_han
+    from uwav.stages.inputs import dataset_tables, open_store
+    from uwav.stages.train import labelled_split
+    from uwav.training.han_train import score_han
+
+    path = copy_run(finished_run, tmp_path / "run")
+    # The store's HAN inputs (han.inputs: clip_clap): CLAP 512-d audio, CLIP 768-d, R(2+1)D 512-d; 25 classes.
+    shapes = released_han_shapes("uwav", 2, classes=25, audio=512, visual2d=768, visual3d=512, width=32, ffn=64)
+    model_path = save(random_state(shapes, seed=5), tmp_path / "HAN_uwav.pt")
+    out = tmp_path / "evaluation"
+    runner = CliRunner()
+    result = runner.invoke(app, ["evaluate", "--model", str(model_path), "--kind", "uwav", "-c", str(path), "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "Type@AV" in result.output or "seg" in result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    catalog = load_catalog(path)
+    _, labelled = labelled_split(catalog, open_store(catalog), dataset_tables(catalog, "target"), "test")
+    expected = score_han(load_released_han(model_path, "uwav"), labelled, "llp").scores
+    assert metrics == pytest.approx(expected, abs=1e-9)
+    assert (out / "report.html").read_text().startswith("<!DOCTYPE html>")
+
+    vggish = released_han_shapes("valor", 1, classes=25, audio=128, visual2d=2048, visual3d=512, width=32, ffn=64)
+    wrong = save(random_state(vggish), tmp_path / "HAN_valor.pt")
+    result = runner.invoke(app, ["evaluate", "--model", str(wrong), "--kind", "valor", "-c", str(path), "--out", str(out)])
+    assert result.exit_code == 2
+    assert "feature widths audio 512 (model: 128), visual2d 768 (model: 2048)" in result.output
+    result = runner.invoke(app, ["evaluate", "--model", str(model_path), "--kind", "valor", "-c", str(path), "--out", str(out)])
+    assert result.exit_code == 2 and "unexpected" in result.output  # a UWAV file read as VALOR's
+
+
+def test_released_generator_replaces_stage_1(finished_run: Path, tmp_path: Path) -> None:
+    """`stages.pretrain.checkpoint`: the pretrain stage registers a released TemporalTransformer
+    (fingerprinted by content) and the pseudo-labels come from it."""
+    import numpy as np
+    import torch
+
+    from tests.test_released_models import random_state, released_plg_shapes, save
+    from uwav.models.released import load_released_plg
+    from uwav.stages.inputs import PLG_FEATURES, load_split, open_store, text_embeddings
+    from uwav.training.pretrain import predict_plg
+
+    path = copy_run(finished_run, tmp_path / "run")
+    state = random_state(released_plg_shapes(1, width=32, visual=768, audio=512, ffn=64), seed=2)
+    state["a_logit_scale"], state["v_logit_scale"] = torch.tensor(3.2912), torch.tensor(4.6052)
+    save(state, path.parent / "TemporalTransformer.pt")
+    write_catalog(path.parent, small_catalog(pretrain={"checkpoint": "TemporalTransformer.pt"}))
+    catalog = load_catalog(path)
+    records = run_pipeline(catalog, ["pseudo_labels"], progress=False)
+    assert [r.stage for r in records] == ["pretrain", "calibrate", "pseudo_labels"]
+    assert records[0].metrics["released_checkpoint"].endswith("TemporalTransformer.pt")
+
+    store = open_store(catalog)
+    manifest = pl.read_parquet(state_dir(catalog).record("segment").outputs["target_manifest"]).sort("video_id")[:20]
+    split = load_split(store, manifest, PLG_FEATURES)
+    text = text_embeddings(store, "target")
+    # The small catalog's explicit `pretrain.heads: 4` overrides the release's 16.
+    expected = predict_plg(
+        load_released_plg(path.parent / "TemporalTransformer.pt", heads=4), split.features["clip"],
+        split.features["clap"], split.lengths, text.visual, text.audio,
+    )
+    labels = read_pseudo_labels(Path(state_dir(catalog).record("pseudo_labels").outputs["pseudo_labels"]), split.video_ids)
+    np.testing.assert_allclose(labels.arrays["audio_logit"], expected.audio, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(labels.arrays["visual_logit"], expected.visual, rtol=1e-5, atol=1e-5)
+
+    before = compute_fingerprints(catalog)["pretrain"]
+    state["proj_a.layers.0.bias"] += 1.0
+    save(state, path.parent / "TemporalTransformer.pt")
+    assert compute_fingerprints(catalog)["pretrain"] != before  # same path, new content: stale
+
+    small = random_state(released_plg_shapes(1, width=32, visual=64, audio=512, ffn=64))
+    save(small, path.parent / "TemporalTransformer.pt")
+    with pytest.raises(Exception, match="CLIP 64-d and CLAP 512-d embeddings; the feature store holds 768-d and 512-d"):
+        run_pipeline(catalog, ["pretrain"], progress=False)
+
+
+def test_released_recipe_runs_every_stage(finished_run: Path, tmp_path: Path) -> None:
+    """`recipe: released` through every stage (sizes scaled down explicitly): the release's
+    generator, best-validation selection, pooled-F1 thresholds, temperature-2 soft labels with the
+    -inf replacement, the release's HAN, and its strict decision."""
+    import numpy as np
+
+    path = copy_run(finished_run, tmp_path / "run")
+    data = small_catalog(
+        pretrain={"hidden_dim": 32, "heads": 4},
+        train={"han": {"d_model": 64, "ffn": 128, "heads": 4, "layers": 2}},
+    )
+    write_catalog(path.parent, {**data, "recipe": "released"})
+    catalog = load_catalog(path)
+    assert catalog.stages.train.han.projection == "mlp" and catalog.stages.pretrain.architecture == "released"
+    records = {r.stage: r for r in run_pipeline(catalog, progress=False)}
+    # Every stage: the UnAV segment rule is a segment setting (features only fill what the store lacks).
+    assert set(records) == set(STAGES)
+
+    pretrain = records["pretrain"]
+    assert pretrain.metrics["val_videos"] > 0
+    history = json.loads(Path(pretrain.outputs["history"]).read_text())
+    best = max(history, key=lambda row: row["val_seg_av"])
+    assert Path(pretrain.outputs["checkpoint"]).name == "best"
+    assert load_checkpoint(Path(pretrain.outputs["checkpoint"]), with_state=False).meta["epoch"] == best["epoch"]
+
+    thresholds = json.loads(Path(records["calibrate"].outputs["thresholds"]).read_text())
+    assert {d["method"] for d in thresholds["details"]} == {"released_f1"}
+    soft_thresholds = records["pseudo_labels"].metrics["soft_thresholds"]
+    assert all(np.isfinite(soft_thresholds[m]).all() for m in ("audio", "visual"))
+
+    # Soft labels: sigmoid((z - theta) / 2) * y with the finite thresholds.
+    from uwav.workspace import weak_label_matrix
+
+    manifest = pl.read_parquet(records_path(catalog, "segment", "target_manifest"))
+    train = manifest.filter(pl.col("split") == "train")[:10]
+    labels = read_pseudo_labels(Path(records["pseudo_labels"].outputs["pseudo_labels"]), train["video_id"].to_list())
+    weak = weak_label_matrix(train, thresholds["classes"])
+    for m in ("audio", "visual"):
+        z = labels.arrays[f"{m}_logit"]
+        expected = 1.0 / (1.0 + np.exp(-(z - np.asarray(soft_thresholds[m], dtype=np.float32)) / 2.0)) * weak[:, None, :]
+        np.testing.assert_allclose(labels.arrays[f"{m}_soft"], expected, rtol=1e-5, atol=1e-6)
+
+    model = load_checkpoint(Path(records["train"].outputs["best_checkpoint"]), with_state=False).meta["identity"]["model"]
+    assert (model["update"], model["projection"], model["layers"]) == ("sequential", "mlp", 2)
+    assert all(0.0 <= v <= 100.0 for v in records["evaluate"].metrics["scores"].values())
+
+
+def records_path(catalog: Catalog, stage: str, output: str) -> Path:
+    """An output location of a stage's record."""
+    return Path(state_dir(catalog).record(stage).outputs[output])

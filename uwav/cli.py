@@ -242,9 +242,10 @@ def evaluate(
     """Score a HAN (uwav's or a released one) on the catalog's evaluation split with the LLP protocol."""
     from uwav.evaluation.report import format_scores_table
     from uwav.stages import run_pipeline
-    from uwav.stages.evaluate import evaluate_imported
+    from uwav.stages.evaluate import check_model_argument, evaluate_imported
 
     loaded = load_catalog(catalog)
+    check_model_argument(model, kind)
     run_pipeline(loaded, ["features"], progress=progress)
     result = evaluate_imported(loaded, model, kind, out)
     typer.echo(format_scores_table(result.scores))

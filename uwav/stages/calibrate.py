@@ -1,5 +1,6 @@
 """Stage `calibrate`: class-wise thresholds on the calibration split (never test): the best
-segment F1 where the split has dense labels, else the quantile fallback."""
+segment F1 where the split has dense labels (method `f1`, or the release's `released_f1`), else
+the quantile fallback."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
         raise StageError(f"calibrate: no {settings.split} video of {tables.name!r} has CLIP and CLAP features")
     n_segments = logits["visual"].shape[1]
     valid = np.arange(n_segments)[None, :] < split.lengths[:, None]
-    truth = dense_truth(tables, split.video_ids, n_segments) if settings.method == "f1" else None
+    truth = dense_truth(tables, split.video_ids, n_segments) if settings.method != "quantile" else None
     method = settings.method if truth is not None else "quantile"
     if method != settings.method:
         log.warning("calibrate: split %s of %s has no dense labels; using the quantile rule", settings.split, tables.name)

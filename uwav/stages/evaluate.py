@@ -30,12 +30,19 @@ ModelKind = Literal["checkpoint", "avvp-eccv20", "valor", "uwav"]
 MODEL_KINDS: tuple[str, ...] = ("checkpoint", "avvp-eccv20", "valor", "uwav")
 
 
+def check_model_argument(path: Path, kind: str) -> None:
+    """Refuse an unknown `--kind` or a `--model` that does not exist, before any work is done."""
+    if kind not in MODEL_KINDS:
+        raise InvalidInputError(f"--kind {kind!r}: expected one of {', '.join(MODEL_KINDS)}")
+    if not Path(path).exists():
+        raise InvalidInputError(f"--model {path}: no such file or folder")
+
+
 def load_han_model(path: Path, kind: str, device: str = "cpu") -> HAN:
     """A HAN from a uwav checkpoint folder or a released state dict, in eval mode on `device`."""
     from uwav.devices import resolve_device
 
-    if kind not in MODEL_KINDS:
-        raise InvalidInputError(f"--kind {kind!r}: expected one of {', '.join(MODEL_KINDS)}")
+    check_model_argument(path, kind)
     if kind == "checkpoint":
         from uwav.training.han_train import load_han
 
@@ -113,8 +120,6 @@ def evaluate_model(
 
 def evaluate_imported(catalog: Catalog, model_path: Path, kind: str, out_dir: Path) -> ModelEvaluation:
     """`uwav evaluate --model PATH --kind KIND`: an imported (or uwav) HAN on the evaluation split."""
-    if not Path(model_path).exists():
-        raise InvalidInputError(f"--model {model_path}: no such file or folder")
     model = load_han_model(model_path, kind, catalog.stages.train.device)
     return evaluate_model(catalog, model, out_dir, source=f"{model_path} ({kind})")
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from uwav.catalog import Catalog
-from uwav.errors import InvalidInputError, StageError
+from uwav.errors import StageError
 from uwav.parsing import ParseOutputs
 from uwav.stages.inputs import HAN_INPUT_FEATURES, dataset_tables
 from uwav.stages.promotion import current_checkpoint
@@ -44,8 +44,6 @@ def parse_media(
         raise StageError("uwav parse needs han.inputs: clip_clap (the official LLP features cannot be computed for new videos)")
     if model_path is None:
         model_path, kind = current_checkpoint(catalog), "checkpoint"
-    elif not Path(model_path).exists():
-        raise InvalidInputError(f"--model {model_path}: no such file or folder")
     model = load_han_model(model_path, kind, catalog.stages.train.device)
     classes = dataset_tables(catalog, "target").classes
     rows, problems = [], []
