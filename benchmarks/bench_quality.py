@@ -88,7 +88,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from uwav.catalog import HanSettings, PretrainSettings, Task, TrainSettings
+from uwav.catalog import CalibrateSettings, HanSettings, PretrainSettings, PseudoLabelSettings, Recipe, Task, TrainSettings, recipe_settings
 from uwav.contracts import MODALITIES, AudioVisual
 from uwav.datasets.synth import TARGET_LAYOUTS
 from uwav.datasets.synth_features import FeatureDifficulty, SyntheticFeatureBenchmark, make_feature_benchmark
@@ -97,7 +97,7 @@ from uwav.labels import ThresholdSet, calibrate_thresholds
 from uwav.models.plg import AudioVisualPLG
 from uwav.training.data import HanFeatures, HanTrainData, LabelledSplit, PretrainData
 from uwav.training.han_train import ABLATION_COLUMNS, ABLATION_VARIANTS, ave_settings, format_ablation, run_ablation
-from uwav.labels.rules import binary_pseudo_labels, soft_pseudo_labels
+from uwav.labels.rules import binary_pseudo_labels, finite_thresholds, soft_pseudo_labels
 from uwav.training.pretrain import predict_plg, pretrain_plg
 
 DEFAULT_LLP_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "llp"
@@ -120,6 +120,8 @@ class QualityConfig:
 
     seeds: tuple[int, ...] = (0, 1)
     task: Task = "llp"
+    # The catalog recipe the stage settings follow (scaled down as below): "paper" or "released".
+    recipe: Recipe = "paper"
     llp_dir: Path | None = DEFAULT_LLP_DIR
     n_train: int = 3000
     n_val: int = 649
@@ -147,32 +149,50 @@ class QualityConfig:
     tolerance: float = 0.5
 
     def plg_settings(self, seed: int) -> PretrainSettings:
-        return PretrainSettings(
-            layers=self.plg_layers,
-            heads=self.plg_heads,
-            epochs=self.plg_epochs,
-            warmup_epochs=self.plg_warmup,
-            batch_size=self.plg_batch,
-            lr=self.plg_lr,
-            min_lr=self.plg_lr / 10,  # the METHOD ratio (1e-4 -> 1e-5)
-            seed=seed,
-            device="cpu",
-        )
+        """The recipe's stage-1 settings with the benchmark's sizes; under `released`, the
+        generator's width is 2 x the encoder width (the release: 1024 for 512-d CLAP / 768-d CLIP)
+        and its heads are the release's 16."""
+        scaled: dict[str, Any] = {
+            "layers": self.plg_layers,
+            "epochs": self.plg_epochs,
+            "warmup_epochs": self.plg_warmup,
+            "batch_size": self.plg_batch,
+            "lr": self.plg_lr,
+            "min_lr": self.plg_lr / 10,  # the METHOD ratio (1e-4 -> 1e-5), the release's too
+            "seed": seed,
+            "device": "cpu",
+        }
+        if self.recipe == "released":
+            scaled["hidden_dim"] = 2 * self.dim
+        else:
+            scaled["heads"] = self.plg_heads
+        return PretrainSettings(**{**recipe_settings(self.recipe, "pretrain"), **scaled})
 
     def han_settings(self, seed: int) -> TrainSettings:
-        """The scaled-down recipe; for AVE with AVE's changes (batch 16, ceil mixup targets)."""
-        settings = TrainSettings(
-            han=HanSettings(d_model=self.han_d_model, ffn=2 * self.han_d_model),  # METHOD: FFN = 2 x d
-            epochs=self.han_epochs,
-            warmup_epochs=self.han_warmup,
-            batch_size=self.han_batch,
-            lr=self.han_lr,
-            min_lr=self.han_lr / 20,  # the METHOD ratio (1e-4 -> 5e-6)
-            guided_learning=self.guided_learning,
-            seed=seed,
-            device="cpu",
-        )
+        """The recipe's stage-2 settings scaled down; for AVE with AVE's changes (batch 16, ceil
+        mixup targets). FFN keeps each recipe's ratio to d (paper 1024/512, released 2048/512)."""
+        recipe = recipe_settings(self.recipe, "train")
+        ffn_ratio = 4 if self.recipe == "released" else 2
+        han = HanSettings(**{**recipe.pop("han", {}), "d_model": self.han_d_model, "ffn": ffn_ratio * self.han_d_model})
+        settings = TrainSettings(**{
+            **recipe,
+            "han": han,
+            "epochs": self.han_epochs,
+            "warmup_epochs": self.han_warmup,
+            "batch_size": self.han_batch,
+            "lr": self.han_lr,
+            "min_lr": self.han_lr / 20,  # the METHOD ratio (1e-4 -> 5e-6), the release's too
+            "guided_learning": self.guided_learning,
+            "seed": seed,
+            "device": "cpu",
+        })  # fmt: skip
         return ave_settings(settings) if self.task == "ave" else settings
+
+    def calibrate_settings(self) -> CalibrateSettings:
+        return CalibrateSettings(**recipe_settings(self.recipe, "calibrate"))
+
+    def pseudo_label_settings(self) -> PseudoLabelSettings:
+        return PseudoLabelSettings(**recipe_settings(self.recipe, "pseudo_labels"))
 
     def layouts_from(self) -> Path | None:
         """The real LLP folder when it holds both dense-label files and the task is LLP, else None
@@ -236,19 +256,34 @@ def single_segment_videos(features: np.ndarray, lengths: np.ndarray) -> np.ndarr
 def train_generator(
     bench: SyntheticFeatureBenchmark, settings: PretrainSettings, run_dir: Path, *, temporal: bool
 ) -> AudioVisualPLG:
-    """Stage 1 on the pre-training set: the temporal PLG, or the per-segment baseline (module docstring, 4)."""
+    """Stage 1 on the pre-training set: the temporal PLG, or the per-segment baseline (module docstring, 4).
+
+    With `select: best_val_av_f1` (the released recipe) the last tenth of the pre-training videos is
+    held out as its validation split (UnAV-100 has one; the synthetic set does not)."""
     pretrain = bench.pretrain
-    visual, audio = pretrain.features["clip"], pretrain.features["clap"]
-    labels = pretrain.layouts.audio_visual.astype(np.float32)  # UnAV-like: audio-visual segment labels
-    lengths = pretrain.lengths.astype(np.int64)
+    arrays = {
+        "visual": pretrain.features["clip"],
+        "audio": pretrain.features["clap"],
+        "labels": pretrain.layouts.audio_visual.astype(np.float32),  # UnAV-like: audio-visual segment labels
+        "lengths": pretrain.lengths.astype(np.int64),
+    }
+    n_val = len(arrays["lengths"]) // 10 if settings.select == "best_val_av_f1" else 0
+    parts = {"train": slice(0, len(arrays["lengths"]) - n_val), "val": slice(len(arrays["lengths"]) - n_val, None)}
     if not temporal:
-        visual, audio, labels = (single_segment_videos(x, lengths) for x in (visual, audio, labels))
+        lengths = arrays["lengths"][parts["train"]]
         settings = settings.model_copy(update={"batch_size": round(settings.batch_size * float(lengths.mean()))})
-        lengths = np.ones(len(visual), dtype=np.int64)
-    data = PretrainData.from_arrays(
-        visual, audio, lengths, labels, pretrain.text_embeddings["clip"], pretrain.text_embeddings["clap"]
-    )
-    return pretrain_plg(data, settings, run_dir, progress=False, resume=False).model
+
+    def data(part: str) -> PretrainData:
+        visual, audio, labels, lengths = (arrays[k][parts[part]] for k in ("visual", "audio", "labels", "lengths"))
+        if not temporal:
+            visual, audio, labels = (single_segment_videos(x, lengths) for x in (visual, audio, labels))
+            lengths = np.ones(len(visual), dtype=np.int64)
+        return PretrainData.from_arrays(
+            visual, audio, lengths, labels, pretrain.text_embeddings["clip"], pretrain.text_embeddings["clap"]
+        )
+
+    val = data("val") if n_val else None
+    return pretrain_plg(data("train"), settings, run_dir, val=val, progress=False, resume=False).model
 
 
 def generator_logits(
@@ -268,24 +303,36 @@ def generator_logits(
     return out
 
 
-def calibrate(logits: dict[str, np.ndarray], split: TargetSplit, classes: tuple[str, ...]) -> ThresholdSet:
-    """Per-class, per-modality F1-maximising thresholds on a dense-labelled split (val)."""
+def calibrate(
+    logits: dict[str, np.ndarray], split: TargetSplit, classes: tuple[str, ...], settings: CalibrateSettings
+) -> ThresholdSet:
+    """Per-class, per-modality F1-maximising thresholds on a dense-labelled split (val), by the recipe's method."""
     if split.gt is None:
         raise ValueError("calibration needs a split with dense labels")
     truth = split.gt._asdict()
-    return calibrate_thresholds(logits, split.video_labels, split.valid, list(classes), dense_truth=truth)
+    return calibrate_thresholds(
+        logits, split.video_labels, split.valid, list(classes), dense_truth=truth, method=settings.method
+    )
 
 
 def pseudo_labels(
-    logits: dict[str, np.ndarray], thresholds: ThresholdSet, video_labels: np.ndarray
+    logits: dict[str, np.ndarray],
+    thresholds: ThresholdSet,
+    video_labels: np.ndarray,
+    settings: PseudoLabelSettings,
+    train_logits: dict[str, np.ndarray],
+    train_valid: np.ndarray,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(soft, binary) pseudo-labels (N, T, 2, C), modality axis (audio, visual)."""
+    """(soft, binary) pseudo-labels (N, T, 2, C), modality axis (audio, visual); as the pipeline's
+    stage makes them (soft temperature; -inf thresholds of the soft labels -> the train split's
+    class minimum logit - 1)."""
     y = torch.from_numpy(video_labels)
     soft, binary = [], []
     for m in MODALITIES:
         z = torch.from_numpy(np.nan_to_num(logits[m], nan=-1e4))  # padded segments: confident negatives
         theta = torch.from_numpy(thresholds.thresholds[m]).float()
-        soft.append(soft_pseudo_labels(z, theta, y))
+        soft_theta = finite_thresholds(theta, torch.from_numpy(train_logits[m]), torch.from_numpy(train_valid))
+        soft.append(soft_pseudo_labels(z, soft_theta, y, settings.soft_temperature))
         binary.append(binary_pseudo_labels(z, theta, y))
     return torch.stack(soft, dim=2), torch.stack(binary, dim=2)
 
@@ -332,10 +379,11 @@ def run_seed(config: QualityConfig, seed: int, work: Path) -> dict[str, Any]:
         run_dir = work / f"seed{seed}" / f"plg_{name}"
         model = train_generator(bench, config.plg_settings(seed), run_dir, temporal=temporal)
         logits = {s: generator_logits(model, bench, splits[s], temporal=temporal) for s in ("train", "val", "test")}
-        thresholds = calibrate(logits["val"], splits["val"], bench.target.classes)
-        test_binary = pseudo_labels(logits["test"], thresholds, splits["test"].video_labels)[1]
+        thresholds = calibrate(logits["val"], splits["val"], bench.target.classes, config.calibrate_settings())
+        label_args = (config.pseudo_label_settings(), logits["train"], splits["train"].valid)
+        test_binary = pseudo_labels(logits["test"], thresholds, splits["test"].video_labels, *label_args)[1]
         quality[name] = label_quality(test_binary, splits["test"])
-        train_labels[name] = pseudo_labels(logits["train"], thresholds, splits["train"].video_labels)
+        train_labels[name] = pseudo_labels(logits["train"], thresholds, splits["train"].video_labels, *label_args)
         timings[f"plg_{name}_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -509,6 +557,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[QualityConfig, argparse.N
     defaults = QualityConfig()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds))
+    parser.add_argument("--recipe", choices=["paper", "released"], default=defaults.recipe,
+                        help="stage settings of the catalog recipe (scaled down to the benchmark's sizes)")  # fmt: skip
     parser.add_argument("--task", choices=sorted(TARGET_LAYOUTS), default=defaults.task,
                         help="ave: AVE-like target layouts, AVE's training recipe, AVE accuracy reported")  # fmt: skip
     parser.add_argument("--llp-dir", type=Path, default=defaults.llp_dir, help="real LLP dense labels for the layouts")

@@ -153,3 +153,18 @@ def test_per_segment_generator_ignores_other_segments(bench: ModuleType) -> None
         for modality in ("audio", "visual"):
             same_first = np.allclose(before[modality][:, 0], after[modality][:, 0], atol=1e-5)
             assert same_first != temporal, (temporal, modality)
+
+
+def test_recipe_option_sets_the_released_stage_settings(bench: ModuleType) -> None:
+    """`--recipe released`: the release's architectures, optimiser, losses and rules at the benchmark's sizes."""
+    config, _ = bench.parse_args(["--recipe", "released"])
+    plg, han = config.plg_settings(0), config.han_settings(0)
+    assert (plg.architecture, plg.hidden_dim, plg.heads, plg.select) == ("released", 2 * config.dim, 16, "best_val_av_f1")
+    assert (plg.epochs, plg.layers, plg.betas, plg.present_class_weight) == (config.plg_epochs, config.plg_layers, (0.5, 0.999), 5.0)
+    assert (han.han.update, han.han.projection, han.han.layers, han.han.ffn) == ("sequential", "mlp", 5, 4 * config.han_d_model)
+    assert (han.reweight_form, han.mixup_lambda, han.decision, han.epochs) == ("released", "per_batch", "above", config.han_epochs)
+    assert config.calibrate_settings().method == "released_f1"
+    assert config.pseudo_label_settings().soft_temperature == 2.0
+    paper, _ = bench.parse_args([])
+    assert paper.recipe == "paper" and paper.han_settings(0).han.update == "parallel"
+    assert paper.plg_settings(0).architecture == "encoder_width" and paper.calibrate_settings().method == "f1"
