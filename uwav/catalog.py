@@ -177,11 +177,14 @@ class FeaturesSettings(_Strict):
     """Which features feed the models and how they are computed.
 
     `source`: `encode` runs the encoders on decoded media, `official` imports the LLP
-    release's pre-extracted features, `synthetic` takes the synthetic feature-mode arrays.
+    release's pre-extracted features (and encodes CLIP / CLAP from media), `released` imports
+    everything from the public feature releases under `released_root` (UWAV / VALOR layout,
+    `uwav.features.released`; no media needed), `synthetic` takes the synthetic feature-mode arrays.
     """
 
-    source: Literal["encode", "official", "synthetic"] = "encode"
+    source: Literal["encode", "official", "released", "synthetic"] = "encode"
     official_root: str | None = None
+    released_root: str | None = None
     dtype: Literal["float16", "float32"] = "float16"
     batch_size: PositiveInt = 64
     workers: PositiveInt = 2
@@ -493,8 +496,10 @@ class Catalog(_Strict):
             checkpoint = getattr(self.encoders, key).checkpoint
             if checkpoint is not None:
                 found[f"encoders.{key}.checkpoint"] = self.resolve(checkpoint)  # type: ignore[assignment]
-        if self.stages.features.official_root is not None:
-            found["stages.features.official_root"] = self.resolve(self.stages.features.official_root)  # type: ignore[assignment]
+        for key in ("official_root", "released_root"):
+            root = getattr(self.stages.features, key)
+            if root is not None:
+                found[f"stages.features.{key}"] = self.resolve(root)  # type: ignore[assignment]
         return found
 
 

@@ -73,6 +73,7 @@ class ImportReport:
     imported: list[str]
     already_complete: list[str]
     problems: pl.DataFrame  # PROBLEM_SCHEMA, one row per (video, file) at fault
+    source: str = "official LLP features"  # what was imported, for the summary
 
     @property
     def skipped(self) -> list[str]:
@@ -81,7 +82,7 @@ class ImportReport:
 
     def summary(self) -> str:
         lines = [
-            f"official LLP features -> {self.store_url}: {self.requested} videos requested, "
+            f"{self.source} -> {self.store_url}: {self.requested} videos requested, "
             f"{len(self.imported)} imported, {len(self.already_complete)} already in the store, "
             f"{len(self.skipped)} skipped"
         ]
@@ -94,12 +95,14 @@ class ImportReport:
         return "\n".join(lines)
 
 
-def _problem(video_id: str, kind: str, path: str, problem: str, detail: str) -> dict[str, str]:
+def problem_row(video_id: str, kind: str, path: str, problem: str, detail: str) -> dict[str, str]:
+    """One row of an import's problem report (PROBLEM_SCHEMA)."""
     return {"video_id": video_id, "kind": kind, "path": path, "problem": problem, "detail": detail}
 
 
-def _load_checked(path: Path, kind: OfficialKind) -> tuple[np.ndarray | None, tuple[str, str] | None]:
-    """(float32 array, None) for a good file, else (None, (problem, detail))."""
+def load_checked(path: Path, shape: tuple[int | None, ...]) -> tuple[np.ndarray | None, tuple[str, str] | None]:
+    """(float32 array, None) for a good file, else (None, (problem, detail)). `shape` may hold
+    None for an axis of any positive length (UnAV-100 features of any number of rows)."""
     if not path.is_file():
         return None, ("missing", "no such file")
     try:
@@ -108,8 +111,12 @@ def _load_checked(path: Path, kind: OfficialKind) -> tuple[np.ndarray | None, tu
         return None, ("unreadable", f"{type(error).__name__}: {error}")
     if not isinstance(values, np.ndarray):
         return None, ("unreadable", f"holds {type(values).__name__}, not one array")
-    if values.shape != kind.file_shape:
-        return None, ("misshapen", f"shape {values.shape}, expected {kind.file_shape}")
+    fits = values.ndim == len(shape) and all(
+        (size >= 1) if want is None else (size == want) for size, want in zip(values.shape, shape, strict=True)
+    )
+    if not fits:
+        expected = tuple("any" if want is None else want for want in shape)
+        return None, ("misshapen", f"shape {values.shape}, expected {expected}")
     if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating)):
         return None, ("invalid values", f"dtype {values.dtype} is not real numbers")
     values = values.astype(np.float32)
@@ -126,9 +133,9 @@ def _import_video(
     problems: list[dict[str, str]] = []
     for kind in OFFICIAL_KINDS:
         path = feats_root / kind.folder / f"{video_id[:11]}.npy"
-        values, problem = _load_checked(path, kind)
+        values, problem = load_checked(path, kind.file_shape)
         if problem is not None:
-            problems.append(_problem(video_id, kind.folder, str(path), *problem))
+            problems.append(problem_row(video_id, kind.folder, str(path), *problem))
             continue
         segments = values.reshape(LLP_SEGMENTS, *kind.segment_shape)
         features[names[kind.store_name]] = segments
@@ -139,7 +146,7 @@ def _import_video(
     try:
         store.write_video(video_id, features)
     except ValueError as error:  # values the store dtype cannot hold (beyond float16 range); nothing written
-        return [_problem(video_id, "all", str(feats_root), "invalid values", str(error))]
+        return [problem_row(video_id, "all", str(feats_root), "invalid values", str(error))]
     return []
 
 
@@ -176,7 +183,7 @@ def import_official_llp(
     already_complete = [video_id for video_id in requested if video_id in complete]
     registered = store.registered()
     problems = [
-        _problem(
+        problem_row(
             video_id,
             "index",
             store.url,

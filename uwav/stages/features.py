@@ -52,7 +52,7 @@ def pending_feature_shards(catalog: Catalog, shard_videos: int = FEATURE_SHARD_V
     import polars as pl
 
     settings = catalog.stages.features
-    if settings.source == "synthetic":
+    if settings.source in ("synthetic", "released"):
         return []
     _, _, manifest = _both_manifests(catalog)
     usable = manifest.filter(pl.col("media_path").is_not_null())
@@ -95,6 +95,43 @@ def merge_quarantine(catalog: Catalog, rows: Sequence[dict[str, Any]]) -> None:
     log.write(quarantine_path(catalog))
 
 
+RELEASED_PROBLEMS_NAME = "released_import_problems.parquet"
+
+
+def import_release(catalog: Catalog, out_dir: Path) -> dict[str, Any]:
+    """`source: released`: both datasets' CLIP / CLAP segment features and class text embeddings,
+    and the target's AVVP features, from `released_root`; no media is opened. Every skipped video
+    is listed in `released_import_problems.parquet`."""
+    import polars as pl
+
+    from uwav.features.official import import_official_llp
+    from uwav.features.released import find_release, import_released_segments, import_released_text, official_features_folder
+
+    settings = catalog.stages.features
+    if settings.released_root is None:
+        raise StageError("features: source 'released' needs stages.features.released_root in the catalog")
+    root = Path(catalog.resolve(settings.released_root) or "")
+    target, pretrain, _ = _both_manifests(catalog)
+    store = open_store(catalog, settings.dtype)
+    reports = {}
+    for tables in (target, pretrain):
+        layout = find_release(root, catalog.dataset(tables.name).kind)
+        import_released_text(store, layout, tables.classes, tables.role)
+        reports[f"{tables.role}_released"] = import_released_segments(store, layout, tables.manifest, workers=settings.workers)
+    if catalog.dataset(target.name).kind == "llp":  # the HAN's R(2+1)D (and official) inputs
+        reports["target_official"] = import_official_llp(
+            store, official_features_folder(root), target.manifest["video_id"].to_list(), workers=settings.workers
+        )
+    problems = pl.concat([report.problems for report in reports.values()])
+    problems.write_parquet(out_dir / RELEASED_PROBLEMS_NAME)
+    return {
+        "problems_report": str(out_dir / RELEASED_PROBLEMS_NAME),
+        "released_import": {name: report.summary() for name, report in reports.items()},
+        "imported": {name: len(report.imported) for name, report in reports.items()},
+        "skipped_videos": problems["video_id"].n_unique(),
+    }
+
+
 def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
     from uwav.media.quarantine import QuarantineLog
 
@@ -107,6 +144,8 @@ def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
 
         metrics.update(import_into_store(Path(catalog.resolve(catalog.dataset(target.name).annotations) or ""), store))
         return StageResult(FeaturesOutputs(store.url, quarantine_path(catalog)), metrics)
+    if settings.source == "released":
+        return StageResult(FeaturesOutputs(store.url, quarantine_path(catalog)), import_release(catalog, out_dir))
 
     from uwav.features.extract import compute_text_embeddings, extract_features
 

@@ -170,20 +170,29 @@ def _dataset_identity(catalog: Catalog, name: str) -> dict[str, Any]:
         identity["dense"] = file_fingerprint(dense) if dense.exists() else "absent"
     media_root = catalog.resolve(config.media_root)
     if media_root is not None and Path(media_root).is_dir():
-        # Names, sizes and modification times: hashing every video's bytes would take minutes.
-        listing = sorted(
-            (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(media_root).iterdir() if p.is_file()
-        )
-        identity["media"] = text_fingerprint(stable_json(listing))
+        identity["media"] = listing_fingerprint(Path(media_root), recursive=False)
     return identity
+
+
+def listing_fingerprint(folder: Path, *, recursive: bool = True) -> str:
+    """Names, sizes and modification times of the files in a folder: hashing the bytes of every
+    video or feature file would take minutes (and read a whole feature release on every status)."""
+    files = folder.rglob("*") if recursive else folder.iterdir()
+    listing = sorted(
+        (path.relative_to(folder).as_posix(), stat.st_size, stat.st_mtime_ns)
+        for path in files
+        if path.is_file() and (stat := path.stat())
+    )
+    return text_fingerprint(stable_json(listing))
 
 
 def _features_definition(catalog: Catalog) -> dict[str, Any]:
     """What the stored features are (not which videos): settings that change their values."""
     stages = catalog.stages
     features = stages.features.model_dump(mode="json", exclude={"workers", "device", "batch_size"})
-    if stages.features.official_root is not None:
-        features["official"] = file_fingerprint(catalog.resolve(stages.features.official_root))  # type: ignore[arg-type]
+    for key, root in (("official", stages.features.official_root), ("released", stages.features.released_root)):
+        if root is not None and Path(catalog.resolve(root) or "").is_dir():  # type: ignore[arg-type]
+            features[key] = listing_fingerprint(Path(catalog.resolve(root)))  # type: ignore[arg-type]
     return {
         "features": features,
         "encoders": catalog.encoders.model_dump(mode="json"),
