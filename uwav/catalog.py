@@ -117,8 +117,10 @@ class StoresConfig(_Strict):
 class EncoderConfig(_Strict):
     """An encoder: a named model config plus where its weights come from.
 
-    Exactly one of `pretrained` (an open_clip tag), `checkpoint` (a local file) or
-    `random_init: true` (tiny offline configurations for tests and the demo).
+    Exactly one of `pretrained` (an open_clip or torchvision weights tag), `checkpoint` (a local
+    file) or `random_init: true` (tiny offline configurations for tests and the demo).
+    `fusion` (CLAP only): build laion_clap's feature-fusion model (`enable_fusion`, the
+    `630k-fusion-best.pt` checkpoint VALOR and UWAV used).
     """
 
     name: str
@@ -126,6 +128,7 @@ class EncoderConfig(_Strict):
     checkpoint: str | None = None
     random_init: bool = False
     precision: Precision = "fp32"
+    fusion: bool = False
 
     @model_validator(mode="after")
     def _one_weight_source(self) -> EncoderConfig:
@@ -138,9 +141,21 @@ class EncoderConfig(_Strict):
 
 
 class EncodersConfig(_Strict):
+    """The segment encoders. `vggish` and `resnet152` (the AVVP release's audio and 2-D features,
+    for `stages.train.han.inputs: official`) are built only where a stage computes their features."""
+
     clip: EncoderConfig = EncoderConfig(name="ViT-L-14", pretrained="openai")
     clap: EncoderConfig = EncoderConfig(name="HTSAT-tiny", checkpoint="checkpoints/630k-audioset-best.pt")
     r2plus1d: EncoderConfig = EncoderConfig(name="r2plus1d_18", pretrained="KINETICS400_V1")
+    vggish: EncoderConfig = EncoderConfig(name="vggish", checkpoint="checkpoints/vggish.pth")
+    resnet152: EncoderConfig = EncoderConfig(name="resnet152", checkpoint="checkpoints/resnet152.pth")
+
+    @model_validator(mode="after")
+    def _fusion_is_clap_only(self) -> EncodersConfig:
+        fused = [key for key in type(self).model_fields if key != "clap" and getattr(self, key).fusion]
+        if fused:
+            raise ValueError(f"`fusion` is a CLAP option; remove it from encoders.{', encoders.'.join(fused)}")
+        return self
 
 
 # ---------------------------------------------------------------- stage settings
@@ -185,6 +200,9 @@ class FeaturesSettings(_Strict):
     source: Literal["encode", "official", "released", "synthetic"] = "encode"
     official_root: str | None = None
     released_root: str | None = None
+    # Store the AVVP release's 8 ResNet-152 frames per segment besides their mean (the HAN reads
+    # the mean only; the frames are 3.9 GB for LLP in float16 and most of the import's time).
+    resnet_frames: bool = False
     dtype: Literal["float16", "float32"] = "float16"
     batch_size: PositiveInt = 64
     workers: PositiveInt = 2

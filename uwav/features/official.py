@@ -8,11 +8,11 @@ The release holds, per video, `<feats_root>/<folder>/<first 11 characters of the
 | `res152`      | (80, 2048)  | `resnet152` (10 x 8 x 2048) and `resnet152_mean` (10 x 2048) |
 | `r2plus1d_18` | (10, 512)   | `r2plus1d` (10 x 512)                              |
 
-Decision: both ResNet-152 forms are stored. `resnet152` keeps the 8 frames of each segment
-(the 80 rows are 10 segments x 8 consecutive frames), so the reference HAN input path (8 frames
-into the network) stays possible; `resnet152_mean` is the per-segment mean of those 8 frames,
-computed in float32 before the cast to the store dtype, which is what HAN uses (METHOD.md:
-averaging before `fc_v` is the same function and 8x cheaper) and 8x smaller to read.
+`resnet152_mean` is the per-segment mean of the 8 frames (the 80 rows are 10 segments x 8
+consecutive frames), computed in float32 before the cast to the store dtype: what the HAN reads
+(METHOD.md: averaging before `fc_v` is the same function and 8x cheaper). With `keep_frames` the 8
+frames are stored too, as `resnet152` (10 x 8 x 2048: 3.9 GB for all of LLP in float16, and most of
+the import's time; nothing in uwav reads them; `stages.features.resnet_frames`).
 
 A video is imported only when all three files are present, readable, numeric, finite and of the
 right shape; every other video is skipped and reported (`ImportReport.problems`, one row per video
@@ -126,7 +126,7 @@ def load_checked(path: Path, shape: tuple[int | None, ...]) -> tuple[np.ndarray 
 
 
 def _import_video(
-    store: FeatureStore, feats_root: Path, video_id: str, names: Mapping[str, str]
+    store: FeatureStore, feats_root: Path, video_id: str, names: Mapping[str, str], keep_frames: bool
 ) -> list[dict[str, str]]:
     """Load, check and write one video; returns its problem rows (empty when imported)."""
     features: dict[str, np.ndarray] = {}
@@ -138,9 +138,11 @@ def _import_video(
             problems.append(problem_row(video_id, kind.folder, str(path), *problem))
             continue
         segments = values.reshape(LLP_SEGMENTS, *kind.segment_shape)
-        features[names[kind.store_name]] = segments
         if kind.folder == "res152":
             features[names[RESNET_MEAN_NAME]] = segments.mean(axis=1)
+            if not keep_frames:
+                continue
+        features[names[kind.store_name]] = segments
     if problems:
         return problems
     try:
@@ -157,6 +159,7 @@ def import_official_llp(
     *,
     names: Mapping[str, str] | None = None,
     workers: int = 4,
+    keep_frames: bool = True,
 ) -> ImportReport:
     """Import the official features of `video_ids` (LLP filenames such as `BjCEufrlXm4_20_30`).
 
@@ -176,7 +179,8 @@ def import_official_llp(
         raise ValueError(
             f"official LLP features: unknown feature names {unknown} (known: {list(OFFICIAL_FEATURE_NAMES)})"
         )
-    store_names = [names[name] for name in OFFICIAL_FEATURE_NAMES]
+    imported_names = [name for name in OFFICIAL_FEATURE_NAMES if keep_frames or name != "resnet152"]
+    store_names = [names[name] for name in imported_names]
 
     requested = list(dict.fromkeys(video_ids))
     complete = store.completed(store_names) if set(store_names) <= set(store.feature_names()) else set()
@@ -201,10 +205,12 @@ def import_official_llp(
     identities = {
         names[kind.store_name]: ENCODER_IDENTITY_PREFIX + kind.folder for kind in OFFICIAL_KINDS
     } | {names[RESNET_MEAN_NAME]: ENCODER_IDENTITY_PREFIX + "res152/segment-mean"}
+    shapes = {name: shape for name, shape in shapes.items() if name in store_names}
+    identities = {name: identity for name, identity in identities.items() if name in store_names}
     store.allocate(todo, [LLP_SEGMENTS] * len(todo), shapes, encoder_identities=identities)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        results = list(pool.map(lambda video_id: _import_video(store, feats_root, video_id, names), todo))
+        results = list(pool.map(lambda video_id: _import_video(store, feats_root, video_id, names, keep_frames), todo))
     imported = [video_id for video_id, rows in zip(todo, results) if not rows]
     problems.extend(row for rows in results for row in rows)
     return ImportReport(

@@ -120,7 +120,8 @@ def import_release(catalog: Catalog, out_dir: Path) -> dict[str, Any]:
         reports[f"{tables.role}_released"] = import_released_segments(store, layout, tables.manifest, workers=settings.workers)
     if catalog.dataset(target.name).kind == "llp":  # the HAN's R(2+1)D (and official) inputs
         reports["target_official"] = import_official_llp(
-            store, official_features_folder(root), target.manifest["video_id"].to_list(), workers=settings.workers
+            store, official_features_folder(root), target.manifest["video_id"].to_list(), workers=settings.workers,
+            keep_frames=settings.resnet_frames,
         )
     problems = pl.concat([report.problems for report in reports.values()])
     problems.write_parquet(out_dir / RELEASED_PROBLEMS_NAME)
@@ -171,7 +172,10 @@ def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
 
         if settings.official_root is None:
             raise StageError("features: source 'official' needs stages.features.official_root in the catalog")
-        report = import_official_llp(store, Path(catalog.resolve(settings.official_root) or ""), target.manifest["video_id"].to_list())
+        report = import_official_llp(
+            store, Path(catalog.resolve(settings.official_root) or ""), target.manifest["video_id"].to_list(),
+            workers=settings.workers, keep_frames=settings.resnet_frames,
+        )
         report_path = out_dir / "official_import_problems.parquet"
         report.problems.write_parquet(report_path)
         metrics["official_import"] = report.summary()
