@@ -274,6 +274,31 @@ def test_local_fast_read_matches_zarr_read(tmp_path: Path) -> None:
         np.testing.assert_array_equal(fast_lengths, slow_lengths)
 
 
+def test_local_fast_write_gives_what_zarr_writes(tmp_path: Path) -> None:
+    """Chunk files written directly on a local disk are what zarr writes through a file:// URL
+    (byte for byte, the same files), including a row over several time chunks and a missing
+    feature (its chunks deleted, as zarr deletes chunks of zeros)."""
+    stores = {kind: FeatureStore(str(tmp_path / f"{kind}.zarr")) for kind in ("local", "url")}
+    stores["url"] = FeatureStore((tmp_path / "url.zarr").as_uri())
+    ids = video_ids(4)
+    for store in stores.values():
+        store.allocate(ids[:2], [10, 10], SHAPES)
+        store.allocate(ids[2:], [25, 3], SHAPES)
+        for i, video_id in enumerate(ids[:3]):
+            store.write_video(video_id, expected_features(i, store.registered()[video_id]))
+        store.write_video(ids[3], {"clip": expected_features(3, 3)["clip"]}, missing=["frames"])
+        store.write_video(ids[0], expected_features(9, 10))  # a rewrite replaces the chunks
+
+    def chunk_files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "features").rglob("*")) if p.is_file() and "/c/" in str(p)}
+
+    local, through_zarr = chunk_files(tmp_path / "local.zarr"), chunk_files(tmp_path / "url.zarr")
+    assert local.keys() == through_zarr.keys() and local == through_zarr
+    assert not any(name.endswith(".partial") for name in local)
+    read, _ = stores["url"].read("frames", [ids[3]])
+    assert not read.any()
+
+
 # ---------------------------------------------------------------- text embeddings
 
 
