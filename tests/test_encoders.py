@@ -15,10 +15,12 @@ from uwav.features.encoders import (
     build_clap_encoder,
     build_clip_encoder,
     build_encoders,
+    build_image_encoder,
+    build_image_resnet,
     build_video_encoder,
     build_video_resnet,
     load_checkpoint,
-    video_model_config,
+    model_config,
 )
 
 CPU = torch.device("cpu")
@@ -31,7 +33,7 @@ TINY = EncodersConfig(
 
 @pytest.fixture(scope="module")
 def tiny() -> Encoders:
-    return build_encoders(TINY, "cpu")
+    return build_encoders(TINY, "cpu", features=["clip", "clap", "r2plus1d"])
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +132,7 @@ def test_checkpoint_round_trip_through_the_real_loading_path(
     wrapped = {f"module.{key}": value for key, value in clap_state.items()}
     wrapped["module.text_branch.embeddings.position_ids"] = torch.arange(4)
     torch.save({"epoch": 3, "state_dict": wrapped}, tmp_path / "clap.pt")
-    video_state = _perturbed_state(build_video_resnet(video_model_config("uwav-tiny-r2plus1d")), 3)
+    video_state = _perturbed_state(build_video_resnet(model_config("uwav-tiny-r2plus1d", "video_cfg", "video model")), 3)
     torch.save(video_state, tmp_path / "video.pt")
 
     loaded = Encoders(
@@ -147,7 +149,7 @@ def test_checkpoint_round_trip_through_the_real_loading_path(
     for name in ("clip", "clap", "r2plus1d"):
         assert not np.allclose(loaded_outputs[name], random_outputs[name]), f"{name}: checkpoint had no effect"
     # the encoder computes the pooled feature of exactly the saved network
-    direct = build_video_resnet(video_model_config("uwav-tiny-r2plus1d"))
+    direct = build_video_resnet(model_config("uwav-tiny-r2plus1d", "video_cfg", "video model"))
     direct.load_state_dict(video_state)
     direct.fc = torch.nn.Identity()
     with torch.inference_mode():
@@ -204,7 +206,7 @@ def test_torchvision_pretrained_tag_reads_the_torch_hub_cache_only(monkeypatch: 
     with pytest.raises(EncoderError, match="unknown pretrained tag 'KINETICS999'"):
         build_video_encoder(EncoderConfig(name="r2plus1d_18", pretrained="KINETICS999"), CPU)
 
-    model = build_video_resnet(video_model_config("r2plus1d_18"))
+    model = build_video_resnet(model_config("r2plus1d_18", "video_cfg", "video model"))
     state = _perturbed_state(model, 4)
     expected.parent.mkdir(parents=True)
     torch.save(state, expected)
@@ -244,3 +246,112 @@ def test_open_clip_pretrained_tags_are_read_from_the_local_cache_only(
         build_clip_encoder(EncoderConfig(name="ViT-B-32", pretrained="openai"), CPU)
     with pytest.raises(EncoderError, match="unknown pretrained tag 'nonesuch'.*openai"):
         build_clip_encoder(EncoderConfig(name="ViT-B-32", pretrained="nonesuch"), CPU)
+
+
+# ---------------------------------------------------------------- ResNet-152 (the AVVP release's 2-D features)
+
+
+def test_resnet_encoder_is_the_frame_mean_of_torchvisions_pooled_features(tmp_path: Path) -> None:
+    from torchvision.models.resnet import Bottleneck
+
+    network = build_image_resnet(model_config("uwav-tiny-resnet152", "image_cfg", "image model"))
+    assert isinstance(network.layer1[0], Bottleneck) and network.fc.in_features == 2048
+    state = _perturbed_state(network, 5)
+    torch.save(state, tmp_path / "resnet.pth")
+    encoder = build_image_encoder(EncoderConfig(name="uwav-tiny-resnet152", checkpoint=str(tmp_path / "resnet.pth")), CPU)
+    assert encoder.feature == "resnet152_mean" and encoder.segment_input == "image_frames" and encoder.dim == 2048
+    frames = np.random.default_rng(3).integers(0, 256, (2, 8, 224, 224, 3), dtype=np.uint8)
+    out = encoder.encode_frames(frames)
+    assert out.shape == (2, 2048) and out.dtype == np.float32
+
+    direct = build_image_resnet(model_config("uwav-tiny-resnet152", "image_cfg", "image model"))
+    direct.load_state_dict(state)
+    direct.fc = torch.nn.Identity()
+    with torch.inference_mode():
+        per_frame = direct.eval()(encoder.preprocess(frames)).reshape(2, 8, 2048)  # (B * 8) frames, in order
+    np.testing.assert_allclose(out, per_frame.mean(1).numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(out[0], per_frame[0, 0].numpy(), atol=1e-3)  # the mean, not one frame
+    random_init = build_image_encoder(EncoderConfig(name="uwav-tiny-resnet152", random_init=True), CPU)
+    assert not np.allclose(random_init.encode_frames(frames), out), "the checkpoint had no effect"
+
+
+def test_resnet_preprocessing_is_the_imagenet_normalisation() -> None:
+    encoder = build_image_encoder(EncoderConfig(name="uwav-tiny-resnet152", random_init=True), CPU)
+    colour = np.array([200, 100, 30], dtype=np.uint8)
+    frames = np.broadcast_to(colour, (1, 8, 224, 224, 3)).copy()
+    x = encoder.preprocess(frames)
+    assert x.shape == (8, 3, 32, 32)  # the tiny config's input size; the real one takes the 224 crop as is
+    expected = (colour / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(x[:, :, 5, 7].numpy(), np.broadcast_to(expected, (8, 3)), atol=1e-5)
+    assert model_config("resnet152", "image_cfg", "image model")["input_size"] == 224
+    with pytest.raises(ValueError, match="8 frames per segment, got 4"):
+        encoder.preprocess(frames[:, :4])
+
+
+def test_resnet152_pretrained_tag_reads_the_torch_hub_cache_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    expected = tmp_path / "hub" / "checkpoints" / "resnet152-394f9c45.pth"  # torchvision's IMAGENET1K_V1
+    with pytest.raises(EncoderError, match=f"image model 'resnet152' pretrained 'IMAGENET1K_V1': expected the weights file at {expected}"):
+        build_image_encoder(EncoderConfig(name="resnet152", pretrained="IMAGENET1K_V1"), CPU)
+    with pytest.raises(EncoderError, match="unknown pretrained tag 'IMAGENET9K'.*IMAGENET1K_V2"):
+        build_image_encoder(EncoderConfig(name="resnet152", pretrained="IMAGENET9K"), CPU)
+    with pytest.raises(EncoderError, match="'uwav-tiny-resnet152' has no torchvision pretrained weights"):
+        build_image_encoder(EncoderConfig(name="uwav-tiny-resnet152", pretrained="IMAGENET1K_V1"), CPU)
+
+
+def test_only_the_requested_encoders_are_built(tmp_path: Path) -> None:
+    """The AVVP-feature encoders' weights are needed only where their features are computed."""
+    config = TINY.model_copy(
+        update={
+            "vggish": EncoderConfig(name="vggish", checkpoint=str(tmp_path / "vggish.pth")),
+            "resnet152": EncoderConfig(name="uwav-tiny-resnet152", random_init=True),
+        }
+    )
+    encoders = build_encoders(config, "cpu", features=["r2plus1d", "resnet152_mean"])
+    assert [encoder.feature for encoder in encoders.active()] == ["r2plus1d", "resnet152_mean"]
+    assert encoders.feature_shapes() == {"r2plus1d": (512,), "resnet152_mean": (2048,)}
+    assert encoders.resnet152 is not None and encoders.clip is None and encoders.vggish is None
+    with pytest.raises(EncoderError, match=f"checkpoint file {tmp_path / 'vggish.pth'} does not exist"):
+        build_encoders(config, "cpu", features=["vggish"])
+    with pytest.raises(EncoderError, match=r"unknown features \['resnet152'\]"):
+        build_encoders(config, "cpu", features=["resnet152"])
+
+
+# ---------------------------------------------------------------- CLAP with feature fusion
+
+
+def test_clap_fusion_model_reads_laion_clap_mel_fusion_input() -> None:
+    """`fusion: true` builds laion_clap's fusion model (enable_fusion, aff_2d) and feeds it what
+    `get_audio_features` gives 1-s audio: `mel_fusion` = `get_mel` of the repeat-padded window x 4."""
+    import librosa
+
+    from uwav.catalog import EncodersConfig
+
+    config = EncoderConfig(name="uwav-tiny-clap-fusion", random_init=True, fusion=True)
+    encoder = build_clap_encoder(config, CPU)
+    assert encoder.fusion and encoder.identity == "clap/uwav-tiny-clap-fusion/random_init=seed0/fusion"
+    assert "audio_branch.patch_embed.mel_conv2d.weight" in encoder.model.state_dict()  # the fusion layers exist
+    waves = (0.3 * np.random.default_rng(4).standard_normal((2, 16000))).astype(np.float32)
+    padded = encoder.preprocess(waves)
+    mel_fusion = encoder.fusion_inputs(padded)
+    cfg = encoder.model.audio_cfg
+    assert mel_fusion.shape == (2, 4, 16000 // cfg.hop_size + 1, 64)
+    # get_mel: torchaudio MelSpectrogram (HTK, no norm, centred, reflect, power 2) then AmplitudeToDB,
+    # which librosa reproduces with these arguments (laion_clap's own comment says so)
+    reference = librosa.feature.melspectrogram(
+        y=padded[0].numpy(), sr=cfg.sample_rate, n_fft=cfg.window_size, hop_length=cfg.hop_size,
+        win_length=cfg.window_size, center=True, pad_mode="reflect", power=2.0, n_mels=64, norm=None, htk=True,
+        fmin=cfg.fmin, fmax=cfg.fmax,
+    )
+    reference_db = 10 * np.log10(np.maximum(reference, 1e-10)).T
+    for channel in range(4):
+        np.testing.assert_allclose(mel_fusion[0, channel].numpy(), reference_db, atol=2e-3)
+    # HTSAT's fusion branch in evaluation reads `mel_fusion` (a KeyError without it); one segment
+    # keeps this test fast (HTSAT-tiny is the smallest HTSAT laion_clap builds)
+    out = encoder.encode_audio(waves[:1])
+    assert out.shape == (1, 64) and np.isfinite(out).all()
+
+    with pytest.raises(EncoderError, match="`fusion` needs an HTSAT audio branch"):
+        build_clap_encoder(EncoderConfig(name="uwav-tiny-clap", random_init=True, fusion=True), CPU)
+    with pytest.raises(ValueError, match=r"`fusion` is a CLAP option; remove it from encoders.clip"):
+        EncodersConfig(clip=EncoderConfig(name="uwav-tiny-clip", random_init=True, fusion=True))

@@ -15,7 +15,7 @@ from uwav.catalog import EncoderConfig, EncodersConfig, FeaturesSettings
 from uwav.features.encoders import Encoders, build_clip_encoder, build_encoders
 from uwav.features.extract import class_prompts, compute_text_embeddings, extract_features
 from uwav.features.store import FeatureStore, FeatureStoreError
-from uwav.media import QuarantineLog, decode_segments
+from uwav.media import QuarantineLog, decode_or_quarantine, decode_segments
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REAL_VIDEOS = {
@@ -32,7 +32,7 @@ SETTINGS = FeaturesSettings(batch_size=16, workers=2)
 
 @pytest.fixture(scope="module")
 def encoders() -> Encoders:
-    return build_encoders(TINY, "cpu")
+    return build_encoders(TINY, "cpu", features=["clip", "clap", "r2plus1d"])
 
 
 def manifest(rows: list[tuple[str, str | None, int]]) -> pl.DataFrame:
@@ -181,3 +181,75 @@ def test_text_embeddings_are_cached_and_invalidated(encoders: Encoders, tmp_path
 
     fewer = compute_text_embeddings(store, encoders, classes[:2], reworded, role="target")
     assert fewer["clip"].computed and fewer["clap"].computed and fewer["clap"].embeddings.shape == (2, 64)
+
+
+# ---------------------------------------------------------------- the AVVP release's features (han.inputs: official)
+
+
+def test_image_frames_are_the_imagenet_centre_crop_of_the_clip_frames(tmp_path: Path) -> None:
+    """Shorter side to 256 keeping the aspect (64 x 48 -> 341 x 256), centre crop 224 (left 58, top 16)."""
+    path = tmp_path / "striped.mp4"
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=8, options={"preset": "ultrafast", "crf": "0"})
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv444p"
+        for index in range(16):
+            image = np.full((48, 64, 3), 40, np.uint8)
+            image[:, :16] = 250  # the left quarter: 0-85 of the 341 resized columns
+            image[:, 24 + index % 8 : 25 + index % 8] = 120  # moves right, so the 8 frames of a segment differ
+            container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(video.encode(None))
+    decoded = decode_segments(str(path), centre=False, clip=True, audio=False, images=True)
+    assert decoded.image_frames is not None and decoded.image_frames.shape == (2, 8, 224, 224, 3)
+    assert decoded.image_frames.dtype == np.uint8 and decoded.centre_frames is None and decoded.audio is None
+    grey = decoded.image_frames[0, 0].mean(axis=(0, 2))  # per crop column
+    assert grey[:20].min() > 230 and grey[35:60].max() < 60  # bright until 85 - 58 = 27, then dark
+    # the stripe (columns 24-31 of 64) moves through the crop at 24 * 5.33 - 58 = 70 onwards
+    stripe = decoded.image_frames[0, :, 112, 40:].mean(axis=-1).argmax(axis=-1) + 40
+    assert 64 <= stripe[0] <= 76 and (np.diff(stripe) > 0).all()
+    # the same 8 frames as the R(2+1)D clip (its 112 crop of the 171 x 128 resize)
+    clip_stripe = decoded.clip_frames[0, :, 56, 20:].mean(axis=-1).argmax(axis=-1)
+    assert (np.diff(clip_stripe) > 0).all()
+
+
+def test_official_encoders_extract_vggish_resnet_and_r2plus1d(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from uwav.features import extract
+
+    official = build_encoders(
+        TINY.model_copy(
+            update={
+                "vggish": EncoderConfig(name="uwav-tiny-vggish", random_init=True),
+                "resnet152": EncoderConfig(name="uwav-tiny-resnet152", random_init=True),
+            }
+        ),
+        "cpu",
+        features=["vggish", "resnet152_mean", "r2plus1d"],
+    )
+    requested: list[dict] = []
+
+    def recording(*args: object, **kwargs: object) -> object:
+        requested.append(kwargs)
+        return decode_or_quarantine(*args, **kwargs)
+
+    monkeypatch.setattr(extract, "decode_or_quarantine", recording)
+    rows = [
+        ("loud", write_video(tmp_path / "loud.mp4", 2, audio=True, seed=6), 2),
+        ("quiet", write_video(tmp_path / "quiet.mp4", 2, audio=False, seed=7), 2),
+    ]
+    store = FeatureStore(str(tmp_path / "features.zarr"), dtype="float32")
+    summary = extract_features(manifest(rows), store, official, SETTINGS, QuarantineLog())
+    assert summary.features == ("r2plus1d", "vggish", "resnet152_mean") and sorted(summary.computed) == ["loud", "quiet"]
+    assert summary.missing_audio == ("quiet",)
+    # only what these encoders read is decoded: no centre frames, no CLAP-rate audio
+    assert {key: requested[0][key] for key in extract.DECODE_OPTIONS.values()} == {
+        "centre": False, "clip": True, "images": True, "audio": False, "audio_16k": True,
+    }
+    assert store.available("vggish", ["loud", "quiet"]).tolist() == [True, False]
+    assert store.available("resnet152_mean", ["loud", "quiet"]).tolist() == [True, True]
+    decoded = decode_segments(rows[0][1], centre=False, audio=False, images=True, audio_16k=True)
+    assert decoded.audio_16k is not None and decoded.audio_16k.shape == (2, 16000)
+    for encoder in official.active():
+        stored, lengths = store.read(encoder.feature, ["loud"])
+        assert stored.shape == (1, 2, encoder.dim) and lengths.tolist() == [2]
+        direct = encoder.encode_segments(getattr(decoded, encoder.segment_input))
+        np.testing.assert_allclose(stored[0], direct, rtol=1e-4, atol=1e-4)
+        assert not np.allclose(stored[0, 0], stored[0, 1]), f"{encoder.feature}: the two seconds differ"

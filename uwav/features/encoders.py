@@ -1,11 +1,14 @@
-"""The three segment encoders: CLIP (open_clip), CLAP (laion_clap), R(2+1)D (torchvision).
+"""The segment encoders: CLIP (open_clip) and CLAP (laion_clap) for the method, R(2+1)D-18
+(torchvision) for both HAN input sets, VGGish (`uwav.features.vggish`) and ResNet-152 (torchvision)
+for the AVVP release's features (`stages.train.han.inputs: official`).
 
 Every model is built through its library's own factory from a named JSON model config: the
-libraries' shipped configs for real models, and the configs in `model_configs/` (registered
-with open_clip and laion_clap on first use) for the tiny random-initialised models that tests
-and the demo run offline. Weights come from exactly one source (`uwav.catalog.EncoderConfig`):
-a pretrained tag, a local checkpoint file (read by `load_checkpoint`, which names the file and
-the keys at fault when it does not match), or a deterministic random initialisation.
+libraries' shipped configs for real CLIP / CLAP models, ours in `model_configs/` (registered
+with open_clip and laion_clap on first use) for the torchvision and VGGish networks and for the
+tiny random-initialised models that tests and the demo run offline. Weights come from exactly
+one source (`uwav.catalog.EncoderConfig`): a pretrained tag, a local checkpoint file (read by
+`load_checkpoint`, which names the file and the keys at fault when it does not match), or a
+deterministic random initialisation.
 
 Nothing here downloads: pretrained tags are read from the local caches where open_clip (the
 Hugging Face cache) and torchvision (the torch hub cache) keep them, and CLAP's RoBERTa text
@@ -16,7 +19,9 @@ cache (`HF_HOME`; set `HF_HUB_OFFLINE=1` on machines without network). A missing
 Embeddings are returned in float32 and are the *raw* joint-space projections (CLIP's
 `encode_image` / `encode_text`, CLAP's audio / text projections), not L2-normalised: the
 pseudo-label generator computes inner products with learned transforms on top, and normalising
-is a cheap downstream choice whereas un-normalising is impossible.
+is a cheap downstream choice whereas un-normalising is impossible. R(2+1)D and ResNet-152 give
+their global-average-pool features (ResNet-152: the mean over the segment's 8 frames, the
+`resnet152_mean` the official import also writes); VGGish its AudioSet-post-processed embedding.
 """
 
 from __future__ import annotations
@@ -29,12 +34,12 @@ import posixpath
 import sys
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass, fields
 from functools import cache
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -44,9 +49,14 @@ from torch import nn
 from uwav.catalog import EncoderConfig, EncodersConfig
 from uwav.devices import autocast, resolve_device
 from uwav.errors import UwavError
+from uwav.features.vggish import VggishNet, canonical_state, has_pca, log_mel_examples
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
-FEATURE_NAMES: tuple[str, str, str] = ("clip", "clap", "r2plus1d")
+# Store feature -> the `uwav.catalog.EncodersConfig` key (and `Encoders` field) of its encoder.
+ENCODER_KEYS: dict[str, str] = {
+    "clip": "clip", "clap": "clap", "r2plus1d": "r2plus1d", "vggish": "vggish", "resnet152_mean": "resnet152",
+}
+FEATURE_NAMES: tuple[str, ...] = tuple(ENCODER_KEYS)
 RANDOM_INIT_SEED = 0  # random-init encoders are deterministic, so re-runs and resumed runs agree
 
 # Text branches of laion_clap that are Hugging Face models, and the hub ids laion_clap builds them from.
@@ -55,6 +65,9 @@ _CLAP_CONTEXT_LENGTH = 77
 # Buffers that older transformers versions saved and newer ones no longer register (non-persistent):
 # CLAP checkpoints trained with them still carry the key, which is harmless to drop.
 _CLAP_OBSOLETE_KEYS = ("text_branch.embeddings.position_ids",)
+# laion_clap's CLAP_Module(enable_fusion=True) builds this fusion; its `get_mel` makes 64 bands.
+_CLAP_FUSION_TYPE = "aff_2d"
+_CLAP_FUSION_MEL_BINS = 64
 
 
 class EncoderError(UwavError, RuntimeError):
@@ -121,7 +134,18 @@ def load_checkpoint(
     `what` names the model in messages; `ignore_unexpected` lists keys known to be harmless
     leftovers in checkpoints of that model.
     """
-    state = read_state_dict(path)
+    load_state(model, read_state_dict(path), path, what=what, ignore_unexpected=ignore_unexpected)
+
+
+def load_state(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    path: str | Path,
+    *,
+    what: str,
+    ignore_unexpected: Collection[str] = (),
+) -> None:
+    """`load_checkpoint` of a state dict already read from `path` (for models whose layout depends on the file)."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected) - set(ignore_unexpected))
@@ -147,7 +171,8 @@ def _checkpoint_path(config: EncoderConfig, base_dir: Path | None) -> Path:
 
 def _identity(feature: str, config: EncoderConfig, base_dir: Path | None) -> str:
     """Names the weights: model config + source (tag, checkpoint content hash, or random-init seed),
-    plus `/bf16` for bfloat16 features, so that a store never mixes them with float32 ones."""
+    plus `/fusion` for CLAP's fusion model and `/bf16` for bfloat16 features, so that a store never
+    mixes features of different models or precisions."""
     if config.pretrained is not None:
         source = f"pretrained={config.pretrained}"
     elif config.checkpoint is not None:
@@ -157,7 +182,8 @@ def _identity(feature: str, config: EncoderConfig, base_dir: Path | None) -> str
         source = f"checkpoint=sha256:{file_digest(path)}"
     else:
         source = f"random_init=seed{RANDOM_INIT_SEED}"
-    return f"{feature}/{config.name}/{source}" + ("/bf16" if config.precision == "bf16" else "")
+    variant = ("/fusion" if config.fusion else "") + ("/bf16" if config.precision == "bf16" else "")
+    return f"{feature}/{config.name}/{source}{variant}"
 
 
 @contextlib.contextmanager
@@ -393,8 +419,28 @@ def _require_hf_text_model(repo_id: str, model_name: str) -> Any:
     return tokenizer
 
 
+def htk_mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample_rate: int) -> torch.Tensor:
+    """(n_freqs, n_mels) float32: torchaudio's `melscale_fbanks` with its defaults (HTK scale, no
+    norm), triangles in Hz between mel-spaced points; laion_clap's `get_mel` uses it for fusion."""
+    def to_mel(hertz: float) -> float:
+        return 2595.0 * float(np.log10(1.0 + hertz / 700.0))
+
+    freqs = torch.linspace(0, sample_rate // 2, n_freqs)
+    points = 700.0 * (10.0 ** (torch.linspace(to_mel(f_min), to_mel(f_max), n_mels + 2) / 2595.0) - 1.0)
+    widths = points[1:] - points[:-1]
+    slopes = points[None, :] - freqs[:, None]
+    falling = -slopes[:, :-2] / widths[:-1]
+    rising = slopes[:, 2:] / widths[1:]
+    return torch.minimum(falling, rising).clamp(min=0.0)
+
+
 class ClapEncoder(_TorchEncoder):
-    """CLAP audio branch on 1-s waveforms at the model's sample rate, text branch on class prompts."""
+    """CLAP audio branch on 1-s waveforms at the model's sample rate, text branch on class prompts.
+
+    The fusion model (`EncoderConfig.fusion`) reads, for audio no longer than its window (always
+    the case for 1-s segments), laion_clap's `mel_fusion` input instead of the waveform: the log-mel
+    of the padded window four times (`fusion_inputs`).
+    """
 
     feature = "clap"
     segment_input = "audio"
@@ -416,6 +462,15 @@ class ClapEncoder(_TorchEncoder):
         # laion_clap's audio branches disagree on their input: HTSAT and Cnn14 read a dict
         # {'waveform', 'longer'}, Cnn6 / Cnn10 take the waveform tensor itself.
         self.dict_input = audio_cfg.model_type == "HTSAT" or audio_cfg.model_name == "Cnn14"
+        self.fusion = bool(getattr(model.audio_branch, "enable_fusion", False))
+        self.fusion_filterbank = (
+            htk_mel_filterbank(
+                int(audio_cfg.window_size) // 2 + 1, float(audio_cfg.fmin), float(audio_cfg.fmax),
+                _CLAP_FUSION_MEL_BINS, self.sample_rate,
+            ).to(device)
+            if self.fusion
+            else None
+        )
         self.text_model_type = text_model_type
         self.hf_tokenizer = hf_tokenizer
         self.tokenize = tokenize
@@ -441,9 +496,26 @@ class ClapEncoder(_TorchEncoder):
             x = x[:, start : start + self.clip_samples]
         return x
 
+    def fusion_inputs(self, padded: torch.Tensor) -> torch.Tensor:
+        """(B, clip_samples) from `preprocess` -> (B, 4, frames, 64) `mel_fusion`, as laion_clap's
+        `get_audio_features` (data_truncating 'fusion') builds it for audio no longer than the window:
+        `get_mel` (torchaudio MelSpectrogram: periodic Hann, centred with reflect padding, power 2;
+        AmplitudeToDB: 10 log10(max(x, 1e-10))) stacked four times; `longer` stays False."""
+        cfg = self.model.audio_cfg
+        window = torch.hann_window(int(cfg.window_size), device=padded.device)
+        spectrum = torch.stft(
+            padded, n_fft=int(cfg.window_size), hop_length=int(cfg.hop_size), win_length=int(cfg.window_size),
+            window=window, center=True, pad_mode="reflect", normalized=False, onesided=True, return_complex=True,
+        )
+        assert self.fusion_filterbank is not None, "fusion inputs of a CLAP model without fusion"
+        mel = spectrum.abs().pow(2).transpose(1, 2) @ self.fusion_filterbank  # (B, frames, 64)
+        return (10.0 * torch.log10(mel.clamp(min=1e-10)))[:, None].repeat(1, 4, 1, 1)
+
     def embed(self, waveforms: np.ndarray | torch.Tensor) -> torch.Tensor:
         x = self.preprocess(waveforms)
         batch: Any = {"waveform": x, "longer": torch.zeros(len(x), 1, dtype=torch.bool, device=self.device)} if self.dict_input else x
+        if self.fusion:
+            batch["mel_fusion"] = self.fusion_inputs(x)
         with self._running():
             hidden = self.model.encode_audio(batch, device=self.device)["embedding"]
             return self.model.audio_projection(hidden)
@@ -489,31 +561,91 @@ def build_clap_encoder(config: EncoderConfig, device: torch.device, *, base_dir:
         hf_tokenizer = _require_hf_text_model(_CLAP_HF_TEXT_MODELS[text_model_type], config.name)
     elif text_model_type != "transformer":
         raise EncoderError(f"CLAP {config.name!r}: unknown text branch {text_model_type!r}")
+    if config.fusion and model_cfg["audio_cfg"].get("model_type") != "HTSAT":
+        raise EncoderError(
+            f"CLAP {config.name!r}: `fusion` needs an HTSAT audio branch (laion_clap's PANN fusion models "
+            "pick random chunks even in evaluation); the fusion checkpoints are HTSAT-tiny"
+        )
     identity = _identity("clap", config, base_dir)
     with _seeded():
         model, _ = clap_module.factory.create_model(
-            config.name, text_model_type, pretrained="", precision="fp32", device=torch.device("cpu")
+            config.name, text_model_type, pretrained="", precision="fp32", device=torch.device("cpu"),
+            enable_fusion=config.fusion, fusion_type=_CLAP_FUSION_TYPE if config.fusion else "None",
         )
     if config.checkpoint is not None:
         load_checkpoint(
             model,
             _checkpoint_path(config, base_dir),
-            what=f"CLAP model {config.name!r} (text branch {text_model_type!r})",
+            what=f"CLAP model {config.name!r} ({'fusion, ' if config.fusion else ''}text branch {text_model_type!r})",
             ignore_unexpected=_CLAP_OBSOLETE_KEYS,
         )
     return ClapEncoder(model, text_model_type, hf_tokenizer, clap_module.tokenizer.tokenize, config, device, identity)
 
 
-# ---------------------------------------------------------------- R(2+1)D (torchvision)
+# ---------------------------------------------------------------- VGGish
 
 
-def video_model_config(name: str) -> dict[str, Any]:
-    """The `video_cfg` of `model_configs/<name>.json` (torchvision has no config registry of its own)."""
-    path = MODEL_CONFIG_DIR / f"{name}.json"
-    known = sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.json") if "video_cfg" in json.loads(p.read_text()))
+class VggishEncoder(_TorchEncoder):
+    """VGGish on 1-s 16-kHz segments (one log-mel example each), post-processed when the weights carry the PCA."""
+
+    feature = "vggish"
+    segment_input = "audio_16k"
+
+    def __init__(self, model: VggishNet, config: EncoderConfig, device: torch.device, identity: str):
+        super().__init__(model, config, device, identity, model.dim)
+        self.postprocessed = model.pproc is not None
+
+    def preprocess(self, waveforms: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """float (B, 16000) -> (B, 96, 64) log-mel examples (`uwav.features.vggish.log_mel_examples`)."""
+        return log_mel_examples(torch.as_tensor(waveforms).to(self.device, non_blocking=True))
+
+    def embed(self, waveforms: np.ndarray | torch.Tensor) -> torch.Tensor:
+        examples = self.preprocess(waveforms)
+        with self._running():
+            embeddings = self.model(examples)
+        if self.model.pproc is None:
+            return embeddings
+        with torch.inference_mode():  # quantisation in float32, outside autocast
+            return self.model.pproc(embeddings)
+
+    def encode_audio(self, waveforms: np.ndarray | torch.Tensor) -> np.ndarray:
+        """float32 (B, 16000) -> (B, dim)."""
+        return self.encode_segments(waveforms)
+
+
+def build_vggish_encoder(config: EncoderConfig, device: torch.device, *, base_dir: Path | None = None) -> VggishEncoder:
+    """VGGish by config name (`model_configs/*.json`, `vggish_cfg`) with the configured weights.
+
+    A checkpoint is a torchvggish-layout state dict (`features.*`, `embeddings.*`); with the PCA
+    parameters in it too (`uwav.features.vggish.PCA_KEYS`), the encoder post-processes.
+    """
+    cfg = model_config(config.name, "vggish_cfg", "VGGish model")
+    if config.pretrained is not None:
+        raise EncoderError(
+            f"VGGish {config.name!r}: weights come from a local checkpoint file (torchvggish's state dict, "
+            f"e.g. vggish.pth) or random_init; pretrained tag {config.pretrained!r} is not supported"
+        )
+    identity = _identity("vggish", config, base_dir)
+    path = _checkpoint_path(config, base_dir) if config.checkpoint is not None else None
+    state = canonical_state(read_state_dict(path)) if path is not None else {}
+    with _seeded():
+        model = VggishNet(cfg, postprocess=has_pca(state))  # the file decides whether it post-processes
+    if path is not None:
+        what = f"VGGish model {config.name!r} ({'with' if model.pproc is not None else 'without'} the PCA post-processor)"
+        load_state(model, state, path, what=what)
+    return VggishEncoder(model, config, device, identity)
+
+
+# ---------------------------------------------------------------- R(2+1)D and ResNet-152 (torchvision)
+
+
+def model_config(name: str, section: str, what: str) -> dict[str, Any]:
+    """The `section` of `model_configs/<name>.json` (torchvision has no config registry of its own);
+    `what` names the kind of model in the error listing the configs that have that section."""
+    known = sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.json") if section in json.loads(p.read_text()))
     if name not in known:
-        raise EncoderError(f"video model config {name!r} not found in {MODEL_CONFIG_DIR}; known: {', '.join(known)}")
-    return json.loads(path.read_text())["video_cfg"]
+        raise EncoderError(f"{what} config {name!r} not found in {MODEL_CONFIG_DIR}; known: {', '.join(known)}")
+    return json.loads((MODEL_CONFIG_DIR / f"{name}.json").read_text())[section]
 
 
 def build_video_resnet(cfg: dict[str, Any]) -> nn.Module:
@@ -523,54 +655,78 @@ def build_video_resnet(cfg: dict[str, Any]) -> nn.Module:
     return VideoResNet(BasicBlock, [Conv2Plus1D] * 4, list(cfg["layers"]), R2Plus1dStem)
 
 
-def _torch_hub_weights(name: str, cfg: dict[str, Any], tag: str) -> Path:
+def build_image_resnet(cfg: dict[str, Any]) -> nn.Module:
+    """torchvision's ResNet with Bottleneck blocks ([3, 8, 36, 3] and width 64 per group is resnet152)."""
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    return ResNet(Bottleneck, list(cfg["layers"]), width_per_group=int(cfg["width_per_group"]))
+
+
+def _torch_hub_weights(name: str, cfg: dict[str, Any], tag: str, what: str) -> Path:
     """The cached file of torchvision's pretrained weights `tag`, which torchvision would download."""
-    import torchvision.models.video as video_models
+    import torchvision.models
+    import torchvision.models.video
 
     enum_name = cfg.get("torchvision_weights")
     if enum_name is None:
-        raise EncoderError(f"video model {name!r} has no torchvision pretrained weights; use `checkpoint:` or `random_init`")
-    weights_enum = getattr(video_models, enum_name)
+        raise EncoderError(f"{what} {name!r} has no torchvision pretrained weights; use `checkpoint:` or `random_init`")
+    weights_enum = getattr(torchvision.models, enum_name, None) or getattr(torchvision.models.video, enum_name)
     try:
         weights = weights_enum[tag]
     except KeyError:
         raise EncoderError(
-            f"video model {name!r}: unknown pretrained tag {tag!r} (known: {', '.join(w.name for w in weights_enum)})"
+            f"{what} {name!r}: unknown pretrained tag {tag!r} (known: {', '.join(w.name for w in weights_enum)})"
         ) from None
     path = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     if not path.is_file():
         raise EncoderError(
-            f"video model {name!r} pretrained {tag!r}: expected the weights file at {path} "
+            f"{what} {name!r} pretrained {tag!r}: expected the weights file at {path} "
             f"(torch hub cache; download {weights.url} there), not found"
         )
     return path
 
 
-class VideoEncoder(_TorchEncoder):
+class _FramesEncoder(_TorchEncoder):
+    """A torchvision ResNet on the 8 frames of each segment; its global average pool is the feature
+    (`fc` removed). Subclasses say which model config section, network and decoded frames."""
+
+    config_section: str
+    what: str
+    build_network: Callable[[dict[str, Any]], nn.Module]  # the randomly initialised network of a model config
+
+    def __init__(self, model: nn.Module, cfg: dict[str, Any], config: EncoderConfig, device: torch.device, identity: str):
+        dim = model.fc.in_features
+        model.fc = nn.Identity()  # the pooled feature, not the classifier's logits
+        super().__init__(model, config, device, identity, dim)
+        self.frames = int(cfg["frames"])
+        self.input_size = (int(cfg["input_size"]), int(cfg["input_size"]))
+        self.mean = torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(cfg["std"], device=device).view(1, 3, 1, 1)
+
+    def _normalised_frames(self, clips: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 (B, T, H, W, 3) -> normalised (B * T, 3, S, S), frames resized to the model's input when they differ."""
+        x = _to_uint8_tensor(clips, 5, f"{self.what} frames", self.device)
+        batch, frames, height, width, _ = x.shape
+        if frames != self.frames:
+            raise ValueError(f"{self.what} frames: the model takes {self.frames} frames per segment, got {frames}")
+        x = x.reshape(batch * frames, height, width, 3).permute(0, 3, 1, 2).float()
+        x = _resize_frames(x, self.input_size, "bilinear").clamp_(0, 255).div_(255)
+        return (x - self.mean) / self.std
+
+
+class VideoEncoder(_FramesEncoder):
     """R(2+1)D on the 8 frames of each segment; the feature is the 512-d global average pool."""
 
     feature = "r2plus1d"
     segment_input = "clip_frames"
-
-    def __init__(self, model: nn.Module, cfg: dict[str, Any], config: EncoderConfig, device: torch.device, identity: str):
-        dim = model.fc.in_features
-        model.fc = nn.Identity()  # the pooled feature, not the Kinetics logits
-        super().__init__(model, config, device, identity, dim)
-        self.frames = int(cfg["frames"])
-        self.input_size = (int(cfg["input_size"]), int(cfg["input_size"]))
-        self.mean = torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1, 1)
-        self.std = torch.tensor(cfg["std"], device=device).view(1, 3, 1, 1, 1)
+    config_section = "video_cfg"
+    what = "video model"
+    build_network = staticmethod(build_video_resnet)
 
     def preprocess(self, clips: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 (B, T, H, W, 3) -> normalised (B, 3, T, S, S)."""
-        x = _to_uint8_tensor(clips, 5, "video clips", self.device)
-        batch, frames, height, width, _ = x.shape
-        if frames != self.frames:
-            raise ValueError(f"video clips: the model takes {self.frames} frames per segment, got {frames}")
-        x = x.reshape(batch * frames, height, width, 3).permute(0, 3, 1, 2).float()
-        x = _resize_frames(x, self.input_size, "bilinear").clamp_(0, 255).div_(255)
-        x = x.reshape(batch, frames, 3, *self.input_size).permute(0, 2, 1, 3, 4)
-        return (x - self.mean) / self.std
+        x = self._normalised_frames(clips)
+        return x.reshape(-1, self.frames, 3, *self.input_size).permute(0, 2, 1, 3, 4)
 
     def embed(self, clips: np.ndarray | torch.Tensor) -> torch.Tensor:
         x = self.preprocess(clips)
@@ -582,37 +738,84 @@ class VideoEncoder(_TorchEncoder):
         return self.encode_segments(clips)
 
 
-def build_video_encoder(config: EncoderConfig, device: torch.device, *, base_dir: Path | None = None) -> VideoEncoder:
-    """torchvision's R(2+1)D by config name (`model_configs/*.json`) with the configured weights."""
-    cfg = video_model_config(config.name)
-    identity = _identity("r2plus1d", config, base_dir)
+class ImageEncoder(_FramesEncoder):
+    """ResNet-152 on each of the 8 ImageNet-cropped frames of a segment; the feature is the mean of
+    their 2048-d global average pools (`resnet152_mean`, as the official import computes it)."""
+
+    feature = "resnet152_mean"
+    segment_input = "image_frames"
+    config_section = "image_cfg"
+    what = "image model"
+    build_network = staticmethod(build_image_resnet)
+
+    def preprocess(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 (B, T, H, W, 3) -> normalised (B * T, 3, S, S)."""
+        return self._normalised_frames(frames)
+
+    def embed(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        x = self.preprocess(frames)
+        with self._running():
+            pooled = self.model(x)
+        return pooled.float().view(-1, self.frames, self.dim).mean(1)  # mean in float32, as the import
+
+    def encode_frames(self, frames: np.ndarray | torch.Tensor) -> np.ndarray:
+        """uint8 (B, T, H, W, 3) -> (B, dim)."""
+        return self.encode_segments(frames)
+
+
+_Frames = TypeVar("_Frames", VideoEncoder, ImageEncoder)
+
+
+def _build_frames_encoder(kind: type[_Frames], config: EncoderConfig, device: torch.device, base_dir: Path | None) -> _Frames:
+    cfg = model_config(config.name, kind.config_section, kind.what)
+    identity = _identity(kind.feature, config, base_dir)
     with _seeded():
-        model = build_video_resnet(cfg)
-    what = f"video model {config.name!r}"
+        model = kind.build_network(cfg)
+    what = f"{kind.what} {config.name!r}"
     if config.pretrained is not None:
-        load_checkpoint(model, _torch_hub_weights(config.name, cfg, config.pretrained), what=what)
+        load_checkpoint(model, _torch_hub_weights(config.name, cfg, config.pretrained, kind.what), what=what)
     elif config.checkpoint is not None:
         load_checkpoint(model, _checkpoint_path(config, base_dir), what=what)
-    return VideoEncoder(model, cfg, config, device, identity)
+    return kind(model, cfg, config, device, identity)
 
 
-# ---------------------------------------------------------------- all three
+def build_video_encoder(config: EncoderConfig, device: torch.device, *, base_dir: Path | None = None) -> VideoEncoder:
+    """torchvision's R(2+1)D by config name (`model_configs/*.json`, `video_cfg`) with the configured weights."""
+    return _build_frames_encoder(VideoEncoder, config, device, base_dir)
 
 
-SegmentEncoder = ClipEncoder | ClapEncoder | VideoEncoder
-_BUILDERS = {"clip": build_clip_encoder, "clap": build_clap_encoder, "r2plus1d": build_video_encoder}
+def build_image_encoder(config: EncoderConfig, device: torch.device, *, base_dir: Path | None = None) -> ImageEncoder:
+    """torchvision's ResNet by config name (`model_configs/*.json`, `image_cfg`) with the configured
+    weights: a torchvision `resnet152` state dict (`checkpoint:`), or a torchvision tag such as
+    IMAGENET1K_V1 (the weights the AVVP release's features came from) from the torch hub cache."""
+    return _build_frames_encoder(ImageEncoder, config, device, base_dir)
+
+
+# ---------------------------------------------------------------- all of them
+
+
+SegmentEncoder = ClipEncoder | ClapEncoder | VideoEncoder | VggishEncoder | ImageEncoder
+_BUILDERS = {
+    "clip": build_clip_encoder,
+    "clap": build_clap_encoder,
+    "r2plus1d": build_video_encoder,
+    "vggish": build_vggish_encoder,
+    "resnet152_mean": build_image_encoder,
+}
 
 
 @dataclass
 class Encoders:
-    """The encoders of one extraction run; a feature whose encoder is None is not computed."""
+    """The encoders of one extraction run, by catalog key; a feature whose encoder is None is not computed."""
 
     clip: ClipEncoder | None = None
     clap: ClapEncoder | None = None
     r2plus1d: VideoEncoder | None = None
+    vggish: VggishEncoder | None = None
+    resnet152: ImageEncoder | None = None
 
     def active(self) -> list[SegmentEncoder]:
-        return [encoder for encoder in (self.clip, self.clap, self.r2plus1d) if encoder is not None]
+        return [encoder for field in fields(self) if (encoder := getattr(self, field.name)) is not None]
 
     def feature_shapes(self) -> dict[str, tuple[int, ...]]:
         """Per-segment shape of each computed feature, as the feature store allocates it."""
@@ -623,14 +826,19 @@ def build_encoders(
     config: EncodersConfig,
     device: str | torch.device = "auto",
     *,
-    features: Collection[str] = FEATURE_NAMES,
+    features: Collection[str],
     base_dir: Path | None = None,
 ) -> Encoders:
-    """Build the encoders named in `features` on `device`; relative checkpoint paths resolve against `base_dir`."""
+    """Build the encoders of the store features named in `features` (`FEATURE_NAMES`) on `device`,
+    and no other (each needs its own weights); relative checkpoint paths resolve against `base_dir`."""
     unknown = set(features) - set(FEATURE_NAMES)
     if unknown:
         raise EncoderError(f"unknown features {sorted(unknown)} (known: {', '.join(FEATURE_NAMES)})")
     target = resolve_device(device)
     return Encoders(
-        **{name: _BUILDERS[name](getattr(config, name), target, base_dir=base_dir) for name in FEATURE_NAMES if name in features}
+        **{
+            ENCODER_KEYS[name]: _BUILDERS[name](getattr(config, ENCODER_KEYS[name]), target, base_dir=base_dir)
+            for name in FEATURE_NAMES
+            if name in features
+        }
     )

@@ -3,8 +3,9 @@
 `extract_features` is resumable and incremental at the video level: it computes only the videos
 of the manifest that the store does not hold complete for the active encoders, so a second run
 computes nothing and a manifest with new videos computes only those. Bad media is quarantined
-(the run goes on); a video without usable audio gets its visual features and `clap` recorded as
-missing.
+(the run goes on); a video without usable audio gets its visual features and its audio features
+(`clap`, `vggish`) recorded as missing. Videos are decoded into only the inputs the active
+encoders read (`DECODE_OPTIONS`).
 
 Throughput: decoding (PyAV releases the GIL) runs in `settings.workers` threads, a bounded number
 of videos ahead of the encoder, while the calling thread encodes. Segments of consecutive videos
@@ -40,6 +41,10 @@ from uwav.features.store import FeatureStore
 from uwav.media import DecodedSegments, QuarantineLog, decode_or_quarantine
 
 QUARANTINE_STAGE = "features"
+# The `decode_segments` switch of each decoded input (an encoder's `segment_input`).
+DECODE_OPTIONS = {
+    "centre_frames": "centre", "clip_frames": "clip", "image_frames": "images", "audio": "audio", "audio_16k": "audio_16k",
+}
 _PREFETCH_PER_WORKER = 2  # decoded videos waiting per worker: keeps the encoder fed, bounds memory
 
 
@@ -52,7 +57,7 @@ class ExtractionSummary:
     n_already_complete: int  # skipped: the store held them complete before this call
     computed: tuple[str, ...]  # video ids written by this call
     quarantined: tuple[str, ...]  # video ids that could not be used (see the quarantine log)
-    missing_audio: tuple[str, ...]  # written with `clap` recorded as missing
+    missing_audio: tuple[str, ...]  # written with their audio features recorded as missing
     n_segments: int  # segments encoded by this call
     seconds: float
 
@@ -160,7 +165,8 @@ class _EncodingQueue:
         self.n_encoded = 0
 
     def add(self, video_id: str, decoded: DecodedSegments, n_segments: int) -> None:
-        missing = ["clap"] if any(e.feature == "clap" for e in self.encoders) and decoded.audio is None else []
+        # Only audio can be absent from a decode (frames always decode or the video is quarantined).
+        missing = [encoder.feature for encoder in self.encoders if getattr(decoded, encoder.segment_input) is None]
         work = _VideoWork(
             video_id=video_id,
             decoded=decoded,
@@ -258,14 +264,10 @@ def extract_features(
     complete = store.completed(list(features))
     todo = [row for row in usable if row["video_id"] not in complete]
 
-    clap = encoders.clap
-    decode_options = {
-        "audio_rate": clap.sample_rate if clap is not None else 48000,
-        "centre": encoders.clip is not None,
-        "clip": encoders.r2plus1d is not None,
-        "audio": clap is not None,
-        "max_side": settings.max_side,
-    }
+    inputs = {encoder.segment_input for encoder in active}
+    decode_options: dict[str, object] = {option: name in inputs for name, option in DECODE_OPTIONS.items()}
+    decode_options["audio_rate"] = encoders.clap.sample_rate if encoders.clap is not None else 48000
+    decode_options["max_side"] = settings.max_side
 
     def decode(row: dict) -> DecodedSegments | None:
         return decode_or_quarantine(row["video_id"], row["media_path"], quarantine_log, QUARANTINE_STAGE, **decode_options)

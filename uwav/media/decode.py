@@ -1,4 +1,5 @@
-"""Decode a video once into 1-s segments: centre frames (CLIP), 8-frame clips (R(2+1)D), audio (CLAP).
+"""Decode a video once into 1-s segments: centre frames (CLIP), 8-frame clips (R(2+1)D), 8 ImageNet
+crops (ResNet-152), audio at the CLAP rate and at 16 kHz (VGGish).
 
 One pass over the container with PyAV: video and audio packets are demuxed together and decoded
 in memory (no ffmpeg subprocess, no intermediate JPEG or WAV files). H.264 forces decoding every
@@ -25,10 +26,16 @@ Rules (ARCHITECTURE.md, "Contracts between stages"; METHOD.md):
 - **Clip frames** follow torchvision's R(2+1)D Kinetics-400 preprocessing: resize to 128 x 171
   (height x width, aspect not preserved, bilinear), then centre crop 112 x 112. Centre frames keep
   the native resolution unless `max_side` caps the longer side (CLIP resizes to 224 later anyway).
+- **Image frames** are the 8 clip frames of each segment (same targets, same decoded frames) in the
+  ImageNet evaluation crop that the AVVP release's ResNet-152 features used (`pretrainedmodels`'
+  transform: shorter side to 256 keeping the aspect, bilinear, then centre crop 224 x 224, offsets
+  rounded as torchvision's `CenterCrop`). The release sampled 8 frames a second from an 8-fps JPEG
+  dump; here they are the frames on screen at t + (k + 0.5) / 8.
 - **Audio** is decoded once, averaged to mono (as librosa does for CLAP's reference pipeline),
-  resampled with soxr "HQ" (librosa's default resampler) to `audio_rate`, aligned so sample 0 is
+  resampled with soxr "HQ" (librosa's default resampler) to `audio_rate` (and, for `audio_16k`, to
+  16 kHz: VGGish's rate), aligned so sample 0 is
   the video start (later audio start: leading zeros; earlier: trimmed), cut into `n_segments` rows
-  of `audio_rate` samples and zero-padded at the end (the partial last segment). Audio is marked
+  of one second and zero-padded at the end (the partial last segment). Audio is marked
   missing (`audio is None`, `audio_missing_reason` says why) when there is no audio stream, when it
   decodes to nothing, or when it does not cover at least half of the first and of the last segment
   (with `AUDIO_SHORTFALL_TOLERANCE_S` of slack for codec frame granularity): visual features are still
@@ -38,6 +45,7 @@ Rules (ARCHITECTURE.md, "Contracts between stages"; METHOD.md):
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -53,6 +61,9 @@ from uwav.errors import UwavError
 FRAMES_PER_CLIP = 8
 CLIP_RESIZE_HW = (128, 171)  # torchvision R2Plus1D_18_Weights.KINETICS400_V1 transforms
 CLIP_CROP = 112
+IMAGE_RESIZE_SHORT = 256  # ImageNet evaluation transform (pretrainedmodels / torchvision): Resize(256),
+IMAGE_CROP = 224  # then CenterCrop(224)
+AUDIO_16K_RATE = 16000  # VGGish's input rate
 MAX_FRAME_GAP_S = PARTIAL_SEGMENT_MIN_S
 AUDIO_SHORTFALL_TOLERANCE_S = 0.1  # audio streams often end a codec frame or two before the video
 
@@ -83,7 +94,9 @@ class DecodedSegments:
     centre_times: np.ndarray  # (n,) float64: start time (s) of the frame chosen for t + 0.5
     clip_frames: np.ndarray | None  # (n, 8, 112, 112, 3) uint8
     clip_times: np.ndarray  # (n, 8) float64: start times of the frames chosen for the clips
+    image_frames: np.ndarray | None  # (n, 8, 224, 224, 3) uint8: the clip frames, ImageNet crop
     audio: np.ndarray | None  # (n, audio_rate) float32 mono
+    audio_16k: np.ndarray | None  # (n, 16000) float32 mono
     audio_rate: int
     audio_missing_reason: str | None  # set when audio was requested but is unusable
     n_frames_decoded: int
@@ -209,19 +222,22 @@ class _Candidate:
         self.end_s = end_s
         self.centre_rgb: np.ndarray | None = None
         self.clip_rgb: np.ndarray | None = None
+        self.image_rgb: np.ndarray | None = None
 
 
 class _FrameSelector:
     """Streams decoded frames in presentation order and keeps RGB copies of the selected ones only."""
 
-    def __init__(self, name: str, want_centre: bool, want_clip: bool, max_side: int | None) -> None:
+    def __init__(self, name: str, want_centre: bool, want_clip: bool, want_images: bool, max_side: int | None) -> None:
         self.name = name
         self.want_centre = want_centre
         self.want_clip = want_clip
+        self.want_images = want_images
         self.max_side = max_side
         self.centre_size: tuple[int, int] | None = None  # (width, height), fixed by the first frame
         self.centre_reformatter = VideoReformatter()  # one each so swscale contexts are reused
         self.clip_reformatter = VideoReformatter()
+        self.image_reformatter = VideoReformatter()
         self.segments: list[dict[int, _Candidate]] = []  # per segment: slot -> chosen frame
         self.pending: list[tuple[float, int]] = []  # targets of the current segment not yet served
         self.last: _Candidate | None = None
@@ -248,6 +264,8 @@ class _FrameSelector:
             candidate.centre_rgb = self._centre_rgb(candidate.frame)
         if slot >= 0 and self.want_clip and candidate.clip_rgb is None:
             candidate.clip_rgb = self._clip_rgb(candidate.frame)
+        if slot >= 0 and self.want_images and candidate.image_rgb is None:
+            candidate.image_rgb = self._image_rgb(candidate.frame)
         self.segments[-1][slot] = candidate
         self.pending.pop(0)
 
@@ -304,6 +322,16 @@ class _FrameSelector:
         top, left = (resize_h - CLIP_CROP) // 2, (resize_w - CLIP_CROP) // 2
         return rgb.to_ndarray()[top : top + CLIP_CROP, left : left + CLIP_CROP]
 
+    def _image_rgb(self, frame: av.VideoFrame) -> np.ndarray:
+        short, long = sorted((frame.width, frame.height))
+        resized_long = int(IMAGE_RESIZE_SHORT * long / short)  # torchvision's Resize(int) truncates
+        width, height = (
+            (IMAGE_RESIZE_SHORT, resized_long) if frame.width <= frame.height else (resized_long, IMAGE_RESIZE_SHORT)
+        )
+        rgb = self.image_reformatter.reformat(frame, width=width, height=height, format="rgb24", threads=1)
+        top, left = round((height - IMAGE_CROP) / 2), round((width - IMAGE_CROP) / 2)
+        return rgb.to_ndarray()[top : top + IMAGE_CROP, left : left + IMAGE_CROP]
+
 
 class _AudioCollector:
     """Decoded audio as float32 planar chunks at the source rate, with the time of the first sample."""
@@ -331,29 +359,34 @@ class _AudioCollector:
             return
         self.chunks.extend(chunk.to_ndarray() for chunk in converted)
 
-    def segments(self, origin_s: float, n_segments: int, audio_rate: int) -> tuple[np.ndarray | None, str | None]:
-        """(n_segments, audio_rate) float32 mono aligned to the video origin, or (None, reason)."""
+    def segments(
+        self, origin_s: float, n_segments: int, rates: Sequence[int]
+    ) -> tuple[dict[int, np.ndarray] | None, str | None]:
+        """Per rate, (n_segments, rate) float32 mono aligned to the video origin; or (None, reason)."""
         if self.unusable_reason is not None:
             return None, f"{self.unusable_reason}; audio features missing"
         self.chunks.extend(chunk.to_ndarray() for chunk in self.converter.resample(None))
         if not self.chunks or self.rate is None:
             return None, "audio stream has no decodable samples; audio features missing"
         mono = np.concatenate(self.chunks, axis=1).mean(axis=0, dtype=np.float32)
-        if self.rate != audio_rate:
-            mono = soxr.resample(mono, self.rate, audio_rate, quality="HQ").astype(np.float32, copy=False)
         start_s = (self.start_s if self.start_s is not None else origin_s) - origin_s
-        end_s = start_s + mono.size / audio_rate
+        end_s = start_s + mono.size / self.rate
         needed_end_s = n_segments - 1 + PARTIAL_SEGMENT_MIN_S - AUDIO_SHORTFALL_TOLERANCE_S
         if start_s > PARTIAL_SEGMENT_MIN_S + AUDIO_SHORTFALL_TOLERANCE_S or end_s < needed_end_s:
             reason = f"audio covers only {start_s:.2f}-{end_s:.2f} s of {n_segments} segments; audio features missing"
             return None, reason
-        out = np.zeros(n_segments * audio_rate, dtype=np.float32)
-        offset = round(start_s * audio_rate)
+        return {rate: self._rows(mono, start_s, n_segments, rate) for rate in rates}, None
+
+    def _rows(self, mono: np.ndarray, start_s: float, n_segments: int, rate: int) -> np.ndarray:
+        if self.rate != rate:
+            mono = soxr.resample(mono, self.rate, rate, quality="HQ").astype(np.float32, copy=False)
+        out = np.zeros(n_segments * rate, dtype=np.float32)
+        offset = round(start_s * rate)
         src = mono[max(0, -offset) :]
         dst_start = max(0, offset)
         count = min(src.size, out.size - dst_start)
         out[dst_start : dst_start + count] = src[:count]
-        return out.reshape(n_segments, audio_rate), None
+        return out.reshape(n_segments, rate)
 
 
 def decode_segments(
@@ -363,13 +396,16 @@ def decode_segments(
     centre: bool = True,
     clip: bool = True,
     audio: bool = True,
+    images: bool = False,
+    audio_16k: bool = False,
     max_side: int | None = None,
 ) -> DecodedSegments:
     """Decode a video once into 1-s segments (rules in the module docstring).
 
-    `path`: local path, fsspec URL or binary file object. `centre`/`clip`/`audio` skip outputs a
-    caller does not need (the video is always decoded: it defines the segments). Raises MediaError
-    for media it cannot use; a missing or unusable audio track is not an error (`audio_missing_reason`).
+    `path`: local path, fsspec URL or binary file object. `centre`/`clip`/`images`/`audio`/`audio_16k`
+    choose the outputs a caller needs (the video is always decoded: it defines the segments; RGB
+    conversions and resampling happen only for requested outputs). Raises MediaError for media it
+    cannot use; a missing or unusable audio track is not an error (`audio_missing_reason`).
     """
     if audio_rate <= 0:
         raise ValueError(f"audio_rate must be positive, got {audio_rate}")
@@ -380,10 +416,11 @@ def decode_segments(
         container = _open_container(path, stack)
         video = _video_stream(container, name)
         video.thread_type = "AUTO"  # frame + slice threads: decoding every frame is the main cost
-        audio_stream = container.streams.audio[0] if audio and container.streams.audio else None
+        rates = list(dict.fromkeys(rate for rate, wanted in ((audio_rate, audio), (AUDIO_16K_RATE, audio_16k)) if wanted))
+        audio_stream = container.streams.audio[0] if rates and container.streams.audio else None
         header_duration = _header_duration(container, video)
         origin_s = _video_origin(video)
-        selector = _FrameSelector(name, centre, clip, max_side)
+        selector = _FrameSelector(name, centre, clip, images, max_side)
         if header_duration is not None:
             selector.limit = n_segments_for_duration(header_duration)
             if selector.limit == 0:
@@ -418,12 +455,13 @@ def decode_segments(
             raise MediaError(name, f"shorter than one segment ({duration_s:.2f} s; a segment needs >= 0.5 s)")
         segments = selector.finish(n_segments)
 
-        if audio and collector is None:
-            audio_rows, audio_missing = None, "no audio stream; audio features missing"
+        audio_rows: dict[int, np.ndarray] = {}
+        audio_missing = None
+        if rates and collector is None:
+            audio_missing = "no audio stream; audio features missing"
         elif collector is not None:
-            audio_rows, audio_missing = collector.segments(origin_s or 0.0, n_segments, audio_rate)
-        else:
-            audio_rows, audio_missing = None, None
+            found, audio_missing = collector.segments(origin_s or 0.0, n_segments, rates)
+            audio_rows = found or {}
 
     decoded_span = selector.last.end_s - selector.first_start_s
     return DecodedSegments(
@@ -436,7 +474,11 @@ def decode_segments(
             np.stack([[seg[k].clip_rgb for k in range(FRAMES_PER_CLIP)] for seg in segments]) if clip else None
         ),
         clip_times=np.array([[seg[k].start_s for k in range(FRAMES_PER_CLIP)] for seg in segments], dtype=np.float64),
-        audio=audio_rows,
+        image_frames=(
+            np.stack([[seg[k].image_rgb for k in range(FRAMES_PER_CLIP)] for seg in segments]) if images else None
+        ),
+        audio=audio_rows.get(audio_rate) if audio else None,
+        audio_16k=audio_rows.get(AUDIO_16K_RATE) if audio_16k else None,
         audio_rate=audio_rate,
         audio_missing_reason=audio_missing,
         n_frames_decoded=selector.n_frames,

@@ -1,6 +1,7 @@
 """`uwav parse`: the current model's per-segment audio / visual / audio-visual events of new
-videos (JSON, Parquet and a timeline PNG each). Features are computed in memory with the
-catalog's encoders; nothing is written to the feature store."""
+videos (JSON, Parquet and a timeline PNG each). The model's input features
+(`stages.train.han.inputs`: CLAP + CLIP + R(2+1)D, or the official set VGGish + ResNet-152 +
+R(2+1)D) are computed in memory with the catalog's encoders; nothing is written to the feature store."""
 
 from __future__ import annotations
 
@@ -40,8 +41,6 @@ def parse_media(
     from uwav.stages.evaluate import check_model_inputs, load_han_model
     from uwav.training.han_train import predict_han
 
-    if catalog.stages.train.han.inputs != "clip_clap":
-        raise StageError("uwav parse needs han.inputs: clip_clap (the official LLP features cannot be computed for new videos)")
     if model_path is None:
         model_path, kind = current_checkpoint(catalog), "checkpoint"
     model = load_han_model(model_path, kind, catalog.stages.train.device)
@@ -62,7 +61,8 @@ def parse_media(
     manifest = validate_manifest(pl.DataFrame(rows))
     settings = catalog.stages.features
     store = FeatureStore(f"memory://uwav-parse-{uuid.uuid4().hex}", dtype="float32")
-    encoders = build_encoders(catalog.encoders, settings.device, features=HAN_INPUT_FEATURES["clip_clap"], base_dir=catalog.base_dir)
+    inputs = HAN_INPUT_FEATURES[catalog.stages.train.han.inputs]
+    encoders = build_encoders(catalog.encoders, settings.device, features=inputs, base_dir=catalog.base_dir)
     quarantine = QuarantineLog()
     extract_features(manifest, store, encoders, settings, quarantine, progress=progress)
     split, features = han_features(catalog, store, manifest)
