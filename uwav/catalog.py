@@ -500,6 +500,12 @@ class Catalog(_Strict):
     def store(self, which: Literal["features", "pseudo_labels", "runs"]) -> str:
         return self.resolve(getattr(self.stores, which))  # type: ignore[return-value]
 
+    def used_encoders(self) -> list[str]:
+        """The `encoders` entries the pipeline or `uwav parse` may build: CLIP and CLAP (the
+        generator's inputs) and those of the HAN inputs (`stages.train.han.inputs`)."""
+        han = {"clip_clap": ("clip", "clap", "r2plus1d"), "official": ("vggish", "resnet152", "r2plus1d")}
+        return list(dict.fromkeys(("clip", "clap", *han[self.stages.train.han.inputs])))
+
     def locations(self) -> dict[str, str]:
         """Every location the catalog names, by dotted key, resolved."""
         found: dict[str, str] = {}
@@ -510,7 +516,7 @@ class Catalog(_Strict):
                     found[f"datasets.{name}.{key}"] = self.resolve(value)  # type: ignore[assignment]
         for key in ("features", "pseudo_labels", "runs"):
             found[f"stores.{key}"] = self.store(key)  # type: ignore[arg-type]
-        for key in ("clip", "clap", "r2plus1d"):
+        for key in self.used_encoders():
             checkpoint = getattr(self.encoders, key).checkpoint
             if checkpoint is not None:
                 found[f"encoders.{key}.checkpoint"] = self.resolve(checkpoint)  # type: ignore[assignment]
