@@ -115,3 +115,12 @@ def prefect_server() -> object:
     # None: wait as long as PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS says (set above).
     with prefect_test_harness(server_startup_timeout=None):
         yield
+
+
+@pytest.fixture
+def native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Behave as on a CPU with native bfloat16, so that `precision: bf16` autocasts whatever CPU
+    runs the tests (without it, bf16 falls back to fp32: `uwav.devices.effective_precision`)."""
+    import uwav.devices
+
+    monkeypatch.setattr(uwav.devices, "cpu_has_native_bf16", lambda: True)

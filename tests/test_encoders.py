@@ -75,7 +75,7 @@ def test_tiny_encoders_build_offline_with_the_feature_shapes(tiny: Encoders, inp
     }
 
 
-def test_bf16_precision_autocasts_the_encoders(tiny: Encoders, inputs: dict[str, np.ndarray]) -> None:
+def test_bf16_precision_autocasts_the_encoders(tiny: Encoders, inputs: dict[str, np.ndarray], native_bf16: None) -> None:
     """`precision: bf16` changes the numerics (autocast is on, on CPU too) but not the embedding."""
     bf16 = EncodersConfig(**{name: getattr(TINY, name).model_copy(update={"precision": "bf16"}) for name in ("clip", "clap", "r2plus1d")})
     reduced_encoders = build_encoders(bf16, "cpu", features=["clip"])

@@ -87,6 +87,7 @@ def test_full_pipeline_outputs(finished_run: Path) -> None:
     assert thresholds["source"]["split"] == "val"
     quality = state.record("pseudo_labels").metrics["quality"]
     assert set(quality) == {"val", "test"}
+    assert state.record("train").metrics["precision"] == state.record("pretrain").metrics["precision"] == "fp32"
 
 
 def test_unchanged_catalog_is_a_no_op(finished_run: Path) -> None:

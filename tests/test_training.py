@@ -270,7 +270,7 @@ def test_padded_segments_do_not_affect_the_stage1_loss() -> None:
         assert torch.allclose(got, expected, rtol=1e-5, atol=1e-7)
 
 
-def test_pretrain_learns_and_predicts(tmp_path: Path) -> None:
+def test_pretrain_learns_and_predicts(tmp_path: Path, native_bf16: None) -> None:
     data = pretrain_data()
     result = pretrain_plg(data, pretrain_settings(epochs=6, dropout=0.0), tmp_path, progress=False)
     losses = [record["loss"] for record in result.history]
@@ -311,7 +311,7 @@ def test_pretrain_resume_is_bit_exact(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_train_han_resume_is_bit_exact(tmp_path: Path, precision: str) -> None:
+def test_train_han_resume_is_bit_exact(tmp_path: Path, native_bf16: None, precision: str) -> None:
     data, settings = han_data(), han_settings(precision=precision)  # soft labels, re-weighting, mixup and dropout all on
     uninterrupted = train_han(data, settings, tmp_path / "a", progress=False)
     with pytest.raises(Crash):
@@ -329,7 +329,7 @@ def test_train_han_resume_is_bit_exact(tmp_path: Path, precision: str) -> None:
     assert len(again.history) == settings.epochs and again.last_checkpoint == resumed.last_checkpoint
 
 
-def test_bf16_precision_autocasts_training_and_prediction(tmp_path: Path) -> None:
+def test_bf16_precision_autocasts_training_and_prediction(tmp_path: Path, native_bf16: None) -> None:
     data = han_data()
     full = train_han(data, han_settings(epochs=1), tmp_path / "fp32", progress=False)
     reduced = train_han(data, han_settings(epochs=1, precision="bf16"), tmp_path / "bf16", progress=False)

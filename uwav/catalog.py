@@ -23,8 +23,9 @@ DatasetKind = Literal["llp", "unav100", "ave", "custom", "synthetic"]
 Device = Literal["auto", "cpu", "cuda"]
 # Compute precision of encoders and of the training and prediction forward passes. "bf16"
 # autocasts matrix products to bfloat16 (weights, optimizer state and losses stay float32): about
-# 1.8x faster on GPUs and on CPUs with AVX512-BF16 or AMX, slower on CPUs without; numerics differ
-# from the reference's float32, so "fp32" is the default.
+# 1.8x faster on GPUs and on CPUs with AVX512-BF16 or AMX; on CPUs without native bfloat16 it runs
+# fp32 (`uwav.devices.effective_precision`); numerics differ from the reference's float32, so
+# "fp32" is the default.
 Precision = Literal["fp32", "bf16"]
 # How a target dataset is trained and scored: "llp" (the LLP protocol) or "ave" (AVE's recipe and
 # segment accuracy besides). A synthetic target set's events are laid out like the task's data.

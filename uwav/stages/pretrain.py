@@ -66,6 +66,7 @@ def register_released(catalog: Catalog, out_dir: Path) -> StageResult:
 
 
 def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
+    from uwav.devices import effective_precision, resolve_device
     from uwav.training.pretrain import pretrain_plg
 
     settings = catalog.stages.pretrain
@@ -94,5 +95,6 @@ def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
             "val_videos": None if val is None else val.n_videos,
             "epochs": len(result.history),
             "final_loss": result.history[-1]["loss"] if result.history else None,
+            "precision": effective_precision(resolve_device(settings.device), settings.precision),
         },
     )

@@ -98,17 +98,20 @@ def han_train_inputs(catalog: Catalog) -> HanInputs:
 
 
 def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
+    from uwav.devices import effective_precision, resolve_device
     from uwav.training.han_train import train_han
 
     inputs = han_train_inputs(catalog)
-    result = train_han(inputs.data, train_settings(catalog), out_dir, task=target_task(catalog), progress=progress)
+    settings = train_settings(catalog)
+    result = train_han(inputs.data, settings, out_dir, task=target_task(catalog), progress=progress)
     history = out_dir / "history.json"
     history.write_text(json.dumps(result.history, indent=1))
     return StageResult(
         TrainOutputs(result.best_checkpoint, history),
         {"train_videos": inputs.train_videos, "val_videos": inputs.val_videos,
          "excluded_train_videos": inputs.excluded_train_videos,
-         "best_epoch": result.best_epoch, "best_val_score": result.best_score},
+         "best_epoch": result.best_epoch, "best_val_score": result.best_score,
+         "precision": effective_precision(resolve_device(settings.device), settings.precision)},
     )
 
 
