@@ -312,6 +312,7 @@ def test_served_deployments_run_the_pipeline_then_retrain_on_new_videos_only(
             env=env, capture_output=True, text=True, timeout=300, check=False,
         )
         assert parse.returncode == 0, parse.stdout + parse.stderr
+        assert f"skipped {broken}" in parse.stderr
         events = json.loads((parsed_dir / "events.json").read_text())
         assert sorted(video["video_id"] for video in events["videos"]) == sorted(v.stem for v in videos)
         segments = pl.read_parquet(parsed_dir / "segments.parquet")
@@ -325,7 +326,8 @@ def test_served_deployments_run_the_pipeline_then_retrain_on_new_videos_only(
             env=env, capture_output=True, text=True, timeout=300, check=False,
         )
         assert parse.returncode == 0, parse.stdout + parse.stderr
-        assert json.loads((explicit_dir / "events.json").read_text()) == events
+        assert json.loads((explicit_dir / "events.json").read_text())["videos"] == events["videos"]
+        assert [item["path"] for item in events["failed"]] == [str(broken)]  # skipped and listed, exit 0
 
         # ------------------------------------------------ new videos, then uwav/retrain
         added = publish_target(media, project, N_INITIAL_TRAIN + N_ADDED)[N_INITIAL_TRAIN:]

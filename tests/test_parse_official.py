@@ -86,3 +86,33 @@ def test_parse_with_official_inputs_runs_vggish_resnet_and_r2plus1d(monkeypatch:
         expected = encoder.encode_segments(getattr(decoded, encoder.segment_input))
         np.testing.assert_allclose(getattr(features, name)[0, :3].numpy(), expected, rtol=1e-4, atol=1e-4, err_msg=name)
 
+
+
+def test_parse_skips_bad_videos_and_fails_only_when_none_parses(tmp_path: Path) -> None:
+    """Several paths, some bad: the good ones are parsed, each bad one is listed with its reason on
+    stderr and in events.json; exit status 1 only when none could be parsed."""
+    from typer.testing import CliRunner
+
+    from uwav.cli import app
+
+    path = official_catalog(tmp_path)
+    run_pipeline(load_catalog(path), ["segment"], progress=False)
+    shapes = released_han_shapes("avvp-eccv20", 1, classes=25, audio=16, visual2d=2048, visual3d=512, width=32, ffn=64)
+    model = save(random_state(shapes, seed=2), tmp_path / "HAN_avvp.pt")
+    good = Path(write_video(tmp_path / "good.mp4", 2, audio=True, seed=13))
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    absent = tmp_path / "absent.mp4"
+    args = ["--catalog", str(path), "--model", str(model), "--kind", "avvp-eccv20"]
+    result = CliRunner().invoke(app, ["parse", str(good), str(broken), str(absent), "--out", str(tmp_path / "out"), *args])
+    assert result.exit_code == 0, result.output
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped ")]
+    assert [line.split(":")[0] for line in skipped] == [f"skipped {broken}", f"skipped {absent}"]
+    document = json.loads((tmp_path / "out" / "events.json").read_text())
+    assert [video["video_id"] for video in document["videos"]] == ["good"]
+    assert [item["path"] for item in document["failed"]] == [str(broken), str(absent)]
+    assert all(item["reason"] for item in document["failed"])
+
+    result = CliRunner().invoke(app, ["parse", str(broken), str(absent), "--out", str(tmp_path / "none"), *args])
+    assert result.exit_code == 1
+    assert result.stderr.count("skipped ") == 2 and "none of the 2 videos could be parsed" in result.stderr

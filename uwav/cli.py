@@ -222,10 +222,21 @@ def parse(
     model: ModelOption = None,
     kind: KindOption = "checkpoint",
 ) -> None:
-    """Per-segment audio / visual / audio-visual events of VIDEOS with the catalog's current model (or --model)."""
-    from uwav.stages.parse import parse_media
+    """Per-segment audio / visual / audio-visual events of VIDEOS with the catalog's current model (or --model).
 
-    outputs = parse_media(load_catalog(catalog), videos, out, model_path=model, kind=kind)
+    Videos that cannot be parsed are skipped and listed on stderr (and in events.json); the exit
+    status is 1 only when none could be parsed."""
+    from uwav.stages.parse import NothingParsedError, parse_media
+
+    try:
+        outputs = parse_media(load_catalog(catalog), videos, out, model_path=model, kind=kind)
+    except NothingParsedError as error:
+        for failure in error.failures:
+            typer.echo(f"skipped {failure['path']}: {failure['reason']}", err=True)
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
+    for failure in outputs.failed:
+        typer.echo(f"skipped {failure['path']}: {failure['reason']}", err=True)
     typer.echo(f"events: {outputs.events_json}, {outputs.events_parquet}; segments: {outputs.segments_parquet}")
     for video_id, path in outputs.timelines.items():
         typer.echo(f"  {video_id}: {path}")

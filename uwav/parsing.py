@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +222,7 @@ class ParseOutputs:
     events_parquet: Path
     segments_parquet: Path
     timelines: dict[str, Path]  # video id -> PNG
+    failed: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"} of the videos skipped
 
 
 def write_parse_outputs(
@@ -234,11 +235,13 @@ def write_parse_outputs(
     *,
     durations_s: Sequence[float] | None = None,
     decision: Decision = "at_least",
+    failed: Sequence[Mapping[str, str]] = (),
 ) -> ParseOutputs:
     """Write `events.json` (per video: its events and per-segment labels), `events.parquet`,
     `segments.parquet` and one timeline PNG per video (`timeline_file_name`) into `out_dir`.
 
-    Every file is written atomically; arguments as `parse_videos`.
+    Every file is written atomically; arguments as `parse_videos`; `failed` lists the videos that
+    could not be parsed ({"path", "reason"}), recorded in events.json.
     """
     out_dir = Path(out_dir)
     parsed = parse_videos(video_ids, classes, segment_prob, video_prob, threshold, durations_s=durations_s, decision=decision)
@@ -265,6 +268,7 @@ def write_parse_outputs(
             }
             for video in parsed
         ],
+        "failed": [dict(item) for item in failed],
     }
     events_json = write_text_atomic(out_dir / "events.json", json.dumps(document, indent=2))
     events_parquet, segments_parquet = out_dir / "events.parquet", out_dir / "segments.parquet"
@@ -281,4 +285,4 @@ def write_parse_outputs(
         )
         for video in parsed
     }
-    return ParseOutputs(events_json, events_parquet, segments_parquet, timelines)
+    return ParseOutputs(events_json, events_parquet, segments_parquet, timelines, [dict(item) for item in failed])

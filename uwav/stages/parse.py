@@ -16,6 +16,14 @@ from uwav.stages.promotion import current_checkpoint
 from uwav.stages.train import han_features
 
 
+class NothingParsedError(StageError):
+    """No video given to `uwav parse` could be parsed; `failures` says why for each."""
+
+    def __init__(self, failures: Sequence[dict[str, str]]) -> None:
+        self.failures = list(failures)
+        super().__init__(f"uwav parse: none of the {len(self.failures)} videos could be parsed")
+
+
 def parse_media(
     catalog: Catalog,
     paths: Sequence[Path],
@@ -26,7 +34,9 @@ def parse_media(
     progress: bool = True,
 ) -> ParseOutputs:
     """Parse `paths` with the catalog's current model, or with `model_path` (of `kind`, see
-    `uwav.stages.evaluate.MODEL_KINDS`) when given."""
+    `uwav.stages.evaluate.MODEL_KINDS`) when given. Videos that cannot be probed, decoded or encoded
+    are skipped and listed (`ParseOutputs.failed`, `failed` in events.json); `NothingParsedError`
+    when none is left."""
     import uuid
 
     import polars as pl
@@ -45,19 +55,19 @@ def parse_media(
         model_path, kind = current_checkpoint(catalog), "checkpoint"
     model = load_han_model(model_path, kind, catalog.stages.train.device)
     classes = dataset_tables(catalog, "target").classes
-    rows, problems = [], []
+    rows, failed = [], []
     for path in paths:
         try:
             duration = probe_duration(str(path))
         except MediaError as error:
-            problems.append(f"{path}: {error.reason}")
+            failed.append({"path": str(path), "reason": error.reason})
             continue
         rows.append({
             "video_id": Path(path).stem, "dataset": "parse", "split": "test", "media_path": str(Path(path).resolve()),
             "duration_s": duration, "n_segments": n_segments_for_duration(duration), "labels": [],
         })
     if not rows:
-        raise StageError("uwav parse: no usable video; " + "; ".join(problems))
+        raise NothingParsedError(failed)
     manifest = validate_manifest(pl.DataFrame(rows))
     settings = catalog.stages.features
     store = FeatureStore(f"memory://uwav-parse-{uuid.uuid4().hex}", dtype="float32")
@@ -66,12 +76,15 @@ def parse_media(
     quarantine = QuarantineLog()
     extract_features(manifest, store, encoders, settings, quarantine, progress=progress)
     split, features = han_features(catalog, store, manifest)
+    reasons = {row["video_id"]: row["reason"] for row in quarantine.to_frame().iter_rows(named=True)}
+    for row in manifest.filter(~pl.col("video_id").is_in(split.video_ids)).iter_rows(named=True):
+        failed.append({"path": row["media_path"], "reason": reasons.get(row["video_id"], "no features could be computed")})
     if not split.video_ids:
-        raise StageError("uwav parse: no video could be decoded; " + "; ".join(problems + [str(r) for r in quarantine.to_frame().rows()]))
+        raise NothingParsedError(failed)
     check_model_inputs(model, features, classes, f"{model_path} ({kind})")
     segment_prob, video_prob = predict_han(model, features, precision=catalog.stages.train.precision)
     durations = manifest.filter(pl.col("video_id").is_in(split.video_ids))["duration_s"].to_list()
     return write_parse_outputs(
         out_dir, split.video_ids, classes, segment_prob, video_prob, catalog.stages.evaluate.threshold, durations_s=durations,
-        decision=catalog.stages.train.decision,
+        decision=catalog.stages.train.decision, failed=failed,
     )
