@@ -88,6 +88,10 @@ def test_full_pipeline_outputs(finished_run: Path) -> None:
     quality = state.record("pseudo_labels").metrics["quality"]
     assert set(quality) == {"val", "test"}
     assert state.record("train").metrics["precision"] == state.record("pretrain").metrics["precision"] == "fp32"
+    warnings = state.record("train").metrics["health_warnings"]
+    assert isinstance(warnings, list)
+    report = Path(evaluate.outputs["report"]).read_text()
+    assert all(warning.split(";")[0] in report for warning in warnings)
 
 
 def test_unchanged_catalog_is_a_no_op(finished_run: Path) -> None:

@@ -134,7 +134,10 @@ def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
     result = evaluate_model(
         catalog, model, out_dir, source=f"train stage {train_record.fingerprint}",
         history=json.loads(train_outputs.history.read_text()), pseudo_label_quality=quality or None,
-        notes=[f"best epoch {train_record.metrics.get('best_epoch')}"],
+        notes=[
+            f"best epoch {train_record.metrics.get('best_epoch')}",
+            *(f"training health warning: {warning}" for warning in train_record.metrics.get("health_warnings", [])),
+        ],
     )
     return StageResult(
         result.outputs, {"scores": result.scores, "videos": result.videos, "excluded_videos": result.excluded_videos}

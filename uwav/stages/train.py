@@ -5,6 +5,7 @@ read the same way."""
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +16,8 @@ from uwav.errors import StageError
 from uwav.stages.inputs import HAN_INPUT_FEATURES, SplitArrays, dataset_tables, load_split, open_store
 from uwav.stages.planner import StageResult, compute_fingerprints, stage_record, state_dir
 from uwav.stages.pseudo_labels import available_ids
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import polars as pl
@@ -99,19 +102,27 @@ def han_train_inputs(catalog: Catalog) -> HanInputs:
 
 def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
     from uwav.devices import effective_precision, resolve_device
-    from uwav.training.han_train import train_han
+    from uwav.training.han_train import score_han, train_han
+    from uwav.training.health import health_warnings
 
     inputs = han_train_inputs(catalog)
     settings = train_settings(catalog)
-    result = train_han(inputs.data, settings, out_dir, task=target_task(catalog), progress=progress)
+    task = target_task(catalog)
+    result = train_han(inputs.data, settings, out_dir, task=task, progress=progress)
     history = out_dir / "history.json"
     history.write_text(json.dumps(result.history, indent=1))
+    val = inputs.data.val
+    scored = score_han(result.model, val, task, decision=settings.decision, precision=settings.precision)
+    warnings = health_warnings(scored.pred_audio, scored.pred_visual, val.gt_audio, val.gt_visual)
+    for warning in warnings:
+        log.warning("train: %s", warning)
     return StageResult(
         TrainOutputs(result.best_checkpoint, history),
         {"train_videos": inputs.train_videos, "val_videos": inputs.val_videos,
          "excluded_train_videos": inputs.excluded_train_videos,
          "best_epoch": result.best_epoch, "best_val_score": result.best_score,
-         "precision": effective_precision(resolve_device(settings.device), settings.precision)},
+         "precision": effective_precision(resolve_device(settings.device), settings.precision),
+         "health_warnings": warnings},
     )
 
 
