@@ -173,7 +173,7 @@ def import_released_segments(
     for video_id in requested:
         if video_id in complete:
             continue
-        absent = [layout.file_for(feature, video_id) for feature in names if not layout.file_for(feature, video_id).is_file()]
+        absent = [path for path in (layout.file_for(feature, video_id) for feature in names) if not path.is_file()]
         if absent:
             problems += [problem_row(video_id, str(p.parent.relative_to(layout.root)), str(p), "missing", "no such file") for p in absent]
         elif registered.get(video_id, counts[video_id]) != counts[video_id]:
