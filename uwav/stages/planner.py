@@ -201,8 +201,10 @@ def _features_definition(catalog: Catalog) -> dict[str, Any]:
     }
 
 
-def stage_settings(catalog: Catalog, stage: str) -> dict[str, Any]:
-    """The part of the catalog a stage's result depends on, besides its upstream stages."""
+def stage_settings(catalog: Catalog, stage: str, features_definition: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The part of the catalog a stage's result depends on, besides its upstream stages.
+    `features_definition`: `_features_definition(catalog)` when the caller has it already (it lists
+    the feature release's files, which is worth doing once)."""
     check_stage(stage)
     stages = catalog.stages
     if stage == "segment":
@@ -212,7 +214,7 @@ def stage_settings(catalog: Catalog, stage: str) -> dict[str, Any]:
             "segment": stages.segment.model_dump(mode="json", exclude={"workers"}),
         }
     if stage == "features":
-        return _features_definition(catalog)
+        return features_definition or _features_definition(catalog)
     if stage == "pretrain":
         pretrain = stages.pretrain.model_dump(mode="json", exclude={"device"})
         if stages.pretrain.checkpoint is not None:
@@ -224,7 +226,7 @@ def stage_settings(catalog: Catalog, stage: str) -> dict[str, Any]:
         return {
             "pretrain": pretrain,
             "dataset": _dataset_identity(catalog, catalog.pretrain),
-            "features": _features_definition(catalog),
+            "features": features_definition or _features_definition(catalog),
         }
     if stage == "calibrate":
         return {"calibrate": stages.calibrate.model_dump(mode="json"), "dataset": _dataset_identity(catalog, catalog.target)}
@@ -239,18 +241,19 @@ def stage_settings(catalog: Catalog, stage: str) -> dict[str, Any]:
     return stages.evaluate.model_dump(mode="json")  # evaluate
 
 
-def _settings_fingerprint(catalog: Catalog, stage: str) -> str:
-    return text_fingerprint(stable_json(stage_settings(catalog, stage)))
+def _settings_fingerprint(catalog: Catalog, stage: str, features_definition: dict[str, Any] | None = None) -> str:
+    return text_fingerprint(stable_json(stage_settings(catalog, stage, features_definition)))
 
 
 def compute_fingerprints(catalog: Catalog, code_root: Path = PACKAGE_ROOT) -> dict[str, str]:
     """Every stage's fingerprint: its settings, its upstream stages' fingerprints and its code
     (`code_root`: the uwav source tree, this installation's by default)."""
     found: dict[str, str] = {}
+    features_definition = _features_definition(catalog)  # shared by `features` and `pretrain`
     for stage in STAGES:
         payload = {
             "stage": stage,
-            "settings": _settings_fingerprint(catalog, stage),
+            "settings": _settings_fingerprint(catalog, stage, features_definition),
             "inputs": {name: found[name] for name in STAGE_UPSTREAM[stage]},
             "code": stage_code_fingerprint(stage, code_root),
         }
