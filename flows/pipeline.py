@@ -138,8 +138,13 @@ def _publish_artifacts(catalog: Catalog, records: dict[str, dict[str, Any]]) -> 
     evaluate = records.get("evaluate")
     if evaluate is not None:
         scores = evaluate["metrics"].get("scores", {})
-        create_table_artifact([{"metric": k, "value": round(v, 2)} for k, v in scores.items()], key="uwav-metrics",
-                              description="LLP-protocol scores on the evaluation split (percent)")
+        references = evaluate["metrics"].get("references", {})
+        create_table_artifact(
+            [{"metric": k, "value": round(v, 2), **{name: round(ref[k], 2) for name, ref in references.items() if k in ref}}
+             for k, v in scores.items()],
+            key="uwav-metrics",
+            description="LLP-protocol scores on the evaluation split (percent), beside the references on the same videos",
+        )
         create_markdown_artifact(f"Report: `{evaluate['outputs'].get('report', '')}`", key="uwav-report")
         images = sorted(Path(evaluate["outputs"]["timelines"]).glob("*.png"))[:TIMELINE_ARTIFACTS]
         if images:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from uwav.training.health import health_warnings, predict_nothing_scores
+from uwav.evaluation.protocol import predict_nothing_scores
+from uwav.training.health import health_warnings
 
 
 def truth(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

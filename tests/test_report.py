@@ -172,6 +172,22 @@ def test_scores_table_has_the_papers_layout_and_numbers() -> None:
         format_scores_table({k: v for k, v in SCORES.items() if k != "seg_av"})
 
 
+def test_scores_table_puts_references_beside_the_model() -> None:
+    nothing = {key: 10.0 for key in SCORES}
+    labels = {**SCORES, "seg_type": 61.25, "event_type": 55.55}
+    lines = format_scores_table(SCORES, references={"pseudo-labels": labels, "predict nothing": nothing}).splitlines()
+    assert _cells(lines[0]) == ["model", "A", "V", "AV", "Type@AV", "Event@AV"]
+    assert _cells(lines[1]) == ["Segment-level", "HAN", *SEG_ROW]
+    assert _cells(lines[2])[:1] == ["pseudo-labels"] and _cells(lines[2])[4] == "61.2"
+    assert _cells(lines[3]) == ["predict", "nothing", *["10.0"] * 5]
+    assert _cells(lines[4]) == ["Event-level", "HAN", *EVENT_ROW]
+    assert _cells(lines[5])[4] == "55.5" and len(lines) == 7
+    with pytest.raises(KeyError, match="reference 'predict nothing'"):
+        format_scores_table(SCORES, references={"predict nothing": {k: v for k, v in nothing.items() if k != "seg_av"}})
+    markdown = scores_markdown(SCORES, references={"predict nothing": nothing}).splitlines()
+    assert [cell.strip() for cell in markdown[3].strip("|").split("|")] == ["", "predict nothing", *["10.0"] * 5]
+
+
 def test_scores_markdown_is_a_markdown_table() -> None:
     lines = scores_markdown(SCORES).splitlines()
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
@@ -251,6 +267,7 @@ def test_html_report_is_self_contained_escaped_and_complete(tmp_path: Path) -> N
         tmp_path / "run" / "report.html",
         title=f"demo {EVIL}",
         scores={**SCORES, "ave_accuracy": 80.64},
+        references={"predict nothing": {key: 12.34 for key in SCORES}},
         classes=classes,
         pseudo_label_quality={"val": {**SCORES, "seg_type": 72.84}},
         history=history,
@@ -265,7 +282,8 @@ def test_html_report_is_self_contained_escaped_and_complete(tmp_path: Path) -> N
     assert not re.search(r"<(script|link|iframe)\b", document, flags=re.IGNORECASE)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in document and "run &lt;1&gt; &amp; co" in document
     assert "<figcaption>v3 &lt;b&gt;</figcaption>" in document
-    for value in (*SEG_ROW, *EVENT_ROW, "72.8", "65.4", "80.6"):
+    assert ">predict nothing<" in document
+    for value in (*SEG_ROW, *EVENT_ROW, "72.8", "65.4", "80.6", "12.3"):
         assert f">{value}<" in document
     pngs = _embedded_pngs(document)
     assert len(pngs) == 1 + 3  # training curves + three timelines

@@ -13,9 +13,12 @@ from typer.testing import CliRunner
 
 from uwav.catalog import Catalog, load_catalog
 from uwav.cli import app
+from uwav.evaluation import predict_nothing_scores
 from uwav.labels import read_pseudo_labels
 from uwav.stages import STAGES, StageError, compute_fingerprints, plan, run_pipeline, stage_status, state_dir
+from uwav.stages.inputs import dataset_tables
 from uwav.training.checkpoints import load_checkpoint
+from uwav.workspace import dense_truth
 
 SIZES = {"mode": "features", "seed": 3, "n_pretrain": 40, "n_train": 60, "n_val": 20, "n_test": 20}
 
@@ -92,6 +95,16 @@ def test_full_pipeline_outputs(finished_run: Path) -> None:
     assert isinstance(warnings, list)
     report = Path(evaluate.outputs["report"]).read_text()
     assert all(warning.split(";")[0] in report for warning in warnings)
+    # The references beside the model, on the same (test) videos: the pseudo-labels' scores are
+    # the pseudo_labels stage's own test-split quality (every test video is evaluated here), and
+    # predicting nothing scores as the protocol says on the test truth.
+    references = evaluate.metrics["references"]
+    assert references["pseudo-labels"] == pytest.approx(quality["test"])
+    test_ids = sorted(manifest.filter(pl.col("split") == "test")["video_id"].to_list())
+    truth = dense_truth(dataset_tables(catalog, "target"), test_ids, 10)
+    assert references["predict nothing"] == pytest.approx(predict_nothing_scores(truth["audio"], truth["visual"]))
+    assert references["predict nothing"] != references["pseudo-labels"]
+    assert "predict nothing" in report and "pseudo-labels" in report
 
 
 def test_unchanged_catalog_is_a_no_op(finished_run: Path) -> None:

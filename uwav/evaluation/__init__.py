@@ -8,6 +8,7 @@ from uwav.evaluation.protocol import (
     avvp_video_scores,
     decide,
     dense_to_arrays,
+    predict_nothing_scores,
     pseudo_label_quality,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "avvp_video_scores",
     "decide",
     "dense_to_arrays",
+    "predict_nothing_scores",
     "pseudo_label_quality",
 ]

@@ -201,6 +201,13 @@ def pseudo_label_quality(
     return avvp_scores(hard_audio, hard_visual, gt_audio, gt_visual)
 
 
+def predict_nothing_scores(gt_audio: np.ndarray, gt_visual: np.ndarray) -> dict[str, float]:
+    """The LLP-protocol scores of predicting no event anywhere: the floor any model must beat on
+    the same split (it is not 0: a video without events of a kind scores its F1 as 1 there)."""
+    nothing = np.zeros_like(np.asarray(gt_audio, dtype=bool))
+    return avvp_scores(nothing, nothing, gt_audio, gt_visual)
+
+
 def decide(
     seg_prob_audio: np.ndarray,
     seg_prob_visual: np.ndarray,

@@ -113,9 +113,26 @@ def _score(scores: Mapping[str, Any], key: str, what: str) -> float:
     return float(scores[key])
 
 
-def _scores_table(scores: Mapping[str, Any], digits: int, what: str = "scores") -> _Table:
-    rows = [[name, *(_score(scores, f"{level}_{key}", what) for _, key in COLUMNS)] for name, level in LEVELS]
-    return _Table(["", *(title for title, _ in COLUMNS)], rows, digits)
+# The name of the evaluated model's rows when references are shown beside it.
+MODEL_ROW = "HAN"
+
+
+def _scores_table(
+    scores: Mapping[str, Any], digits: int, what: str = "scores", references: Mapping[str, Mapping[str, Any]] | None = None
+) -> _Table:
+    """The two-level table; with `references` (name -> scores on the same split, e.g. the
+    pseudo-labels and predict-nothing), each level lists the model's row and then theirs."""
+    titles = [title for title, _ in COLUMNS]
+    if not references:
+        rows = [[name, *(_score(scores, f"{level}_{key}", what) for _, key in COLUMNS)] for name, level in LEVELS]
+        return _Table(["", *titles], rows, digits)
+    models = {MODEL_ROW: (scores, what), **{name: (values, f"reference {name!r}") for name, values in references.items()}}
+    rows = [
+        [name if index == 0 else "", model, *(_score(values, f"{level}_{key}", source) for _, key in COLUMNS)]
+        for name, level in LEVELS
+        for index, (model, (values, source)) in enumerate(models.items())
+    ]
+    return _Table(["", "model", *titles], rows, digits)
 
 
 def _extra_scores(scores: Mapping[str, Any]) -> list[tuple[str, float]]:
@@ -123,21 +140,31 @@ def _extra_scores(scores: Mapping[str, Any]) -> list[tuple[str, float]]:
     return [(key, float(value)) for key, value in scores.items() if key not in SCORE_KEYS]
 
 
-def format_scores_table(scores: Mapping[str, Any], *, style: Style = "text", digits: int = 1) -> str:
+def format_scores_table(
+    scores: Mapping[str, Any],
+    *,
+    references: Mapping[str, Mapping[str, Any]] | None = None,
+    style: Style = "text",
+    digits: int = 1,
+) -> str:
     """The LLP-protocol table: rows Segment-level / Event-level, columns A, V, AV, Type@AV, Event@AV.
 
+    `references`: scores on the same split to show beside the model's (name -> scores, e.g. the
+    pseudo-labels it trained on and predicting nothing), so a reader sees what training added.
     Keys of `scores` beyond `SCORE_KEYS` (such as `ave_accuracy`) follow as `key: value` lines.
     Raises KeyError naming a missing score key.
     """
-    table = _scores_table(scores, digits).render(style)
+    table = _scores_table(scores, digits, references=references).render(style)
     extras = [f"{key}: {value:.{digits}f}" for key, value in _extra_scores(scores)]
     separator = "\n\n" if style == "markdown" else "\n"
     return separator.join([table, *extras]) if extras else table
 
 
-def scores_markdown(scores: Mapping[str, Any], *, digits: int = 1) -> str:
+def scores_markdown(
+    scores: Mapping[str, Any], *, references: Mapping[str, Mapping[str, Any]] | None = None, digits: int = 1
+) -> str:
     """`format_scores_table` as a Markdown table (for a Prefect markdown artifact)."""
-    return format_scores_table(scores, style="markdown", digits=digits)
+    return format_scores_table(scores, references=references, style="markdown", digits=digits)
 
 
 def _quality_table(quality: Mapping[str, Mapping[str, Any]], digits: int) -> _Table:
@@ -249,6 +276,7 @@ def write_html_report(
     *,
     title: str,
     scores: Mapping[str, Any],
+    references: Mapping[str, Mapping[str, Any]] | None = None,
     classes: Sequence[str] = (),
     pseudo_label_quality: Mapping[str, Mapping[str, Any]] | None = None,
     history: Sequence[Mapping[str, Any]] | None = None,
@@ -258,7 +286,8 @@ def write_html_report(
 ) -> Path:
     """Write a single self-contained HTML report and return its path.
 
-    Sections, in order: notes, the class vocabulary, the LLP-protocol metrics, pseudo-label quality (per split),
+    Sections, in order: notes, the class vocabulary, the LLP-protocol metrics (with `references`
+    beside the model's, as `format_scores_table`), pseudo-label quality (per split),
     the ablation table, training curves (from `TrainResult.history`), and per-video timelines
     ((video_id, Figure or PNG bytes) pairs, e.g. from `report_timelines`). Every text is
     HTML-escaped; images are inline base64 PNGs. Written to a temporary file and renamed into place.
@@ -269,7 +298,7 @@ def write_html_report(
     if classes:
         parts.append(f'<p class="extra">{len(classes)} classes: {html.escape(", ".join(classes))}</p>')
 
-    parts += ["<h2>Metrics (LLP protocol, %)</h2>", _scores_table(scores, 1).html()]
+    parts += ["<h2>Metrics (LLP protocol, %)</h2>", _scores_table(scores, 1, references=references).html()]
     extras = _extra_scores(scores)
     if extras:
         parts.append(_Table(["other score", "%"], extras, 1).html())

@@ -6,6 +6,7 @@ uwav checkpoint folder or a released state dict (`uwav evaluate --model PATH --k
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +14,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from uwav.catalog import Catalog
 from uwav.contracts import EvaluateOutputs, PseudoLabelsOutputs, TrainOutputs
-from uwav.errors import InvalidInputError
+from uwav.errors import InvalidInputError, UwavError
 from uwav.stages.inputs import dataset_tables, open_store
-from uwav.stages.planner import StageResult, stage_record
+from uwav.stages.planner import StageResult, stage_record, state_dir
 from uwav.stages.train import labelled_split, target_task
 
 if TYPE_CHECKING:
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from uwav.training.data import HanFeatures, LabelledSplit
     from uwav.training.han_train import HanEvaluation
     from uwav.workspace import DatasetTables
+
+log = logging.getLogger(__name__)
 
 # "checkpoint": a uwav checkpoint folder (stage 2's `best/`, a promoted model); the others are
 # released state dicts read by `uwav.models.released.load_released_han`.
@@ -67,12 +70,51 @@ def check_model_inputs(model: HAN, features: HanFeatures, classes: Sequence[str]
         raise InvalidInputError(f"{source}: the model has {config['n_classes']} classes, the target dataset {len(classes)}")
 
 
+# Names of the reference rows shown beside a model's scores (report, printed tables, stage record).
+PSEUDO_LABELS_REFERENCE = "pseudo-labels"
+NOTHING_REFERENCE = "predict nothing"
+
+
 @dataclass(frozen=True)
 class ModelEvaluation:
+    """`references`: scores on the same videos of predicting nothing and, where the pipeline has
+    made them, of the binary pseudo-labels (`reference_scores`)."""
+
     scores: dict[str, float]
+    references: dict[str, dict[str, float]]
     outputs: EvaluateOutputs
     videos: int
     excluded_videos: int
+
+
+def reference_scores(catalog: Catalog, video_ids: Sequence[str], split: LabelledSplit) -> dict[str, dict[str, float]]:
+    """What a model's scores on `split` (the videos `video_ids`) should be read against, on those
+    same videos: the binary pseudo-labels of the catalog's pseudo_labels stage, when it has run
+    and holds every one of them (what training started from), and predicting nothing (the floor)."""
+    import numpy as np
+
+    from uwav.evaluation import predict_nothing_scores, pseudo_label_quality
+    from uwav.labels import read_pseudo_labels
+
+    references = {}
+    record = state_dir(catalog).record("pseudo_labels")
+    if record is not None:
+        folder = PseudoLabelsOutputs.of(record.outputs).pseudo_labels
+        try:
+            labels = read_pseudo_labels(folder, list(video_ids))
+        except (KeyError, UwavError) as error:  # labels from another catalog state: no reference
+            log.info("evaluate: no pseudo-label reference: %s", error)
+        else:
+            n_segments = split.gt_audio.shape[1]
+            hard = {}
+            for modality in ("audio", "visual"):
+                values = labels.arrays[f"{modality}_hard"].astype(bool)[:, :n_segments]
+                hard[modality] = np.pad(values, ((0, 0), (0, n_segments - values.shape[1]), (0, 0)))
+            references[PSEUDO_LABELS_REFERENCE] = pseudo_label_quality(
+                hard["audio"], hard["visual"], split.gt_audio, split.gt_visual
+            )
+    references[NOTHING_REFERENCE] = predict_nothing_scores(split.gt_audio, split.gt_visual)
+    return references
 
 
 def evaluate_model(
@@ -107,14 +149,16 @@ def evaluate_model(
         predictions_path, video_ids=np.asarray(split.video_ids), segment_prob=evaluation.segment_prob,
         video_prob=evaluation.video_prob,
     )
+    references = reference_scores(catalog, split.video_ids, labelled)
     timelines = out_dir / "timelines"
     report = _write_report(
-        catalog, out_dir, timelines, tables, split.video_ids, labelled, evaluation, history, pseudo_label_quality,
+        catalog, out_dir, timelines, tables, split.video_ids, labelled, evaluation, references, history,
+        pseudo_label_quality,
         [f"catalog: {catalog.base_dir}", f"model: {source}", *notes, f"{len(split.video_ids)} evaluated videos"],
     )
     return ModelEvaluation(
-        evaluation.scores, EvaluateOutputs(metrics_path, predictions_path, report, timelines), len(split.video_ids),
-        split.excluded,
+        evaluation.scores, references, EvaluateOutputs(metrics_path, predictions_path, report, timelines),
+        len(split.video_ids), split.excluded,
     )
 
 
@@ -140,7 +184,9 @@ def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
         ],
     )
     return StageResult(
-        result.outputs, {"scores": result.scores, "videos": result.videos, "excluded_videos": result.excluded_videos}
+        result.outputs,
+        {"scores": result.scores, "references": result.references, "videos": result.videos,
+         "excluded_videos": result.excluded_videos},
     )
 
 
@@ -152,6 +198,7 @@ def _write_report(
     video_ids: list[str],
     labelled: LabelledSplit,
     evaluation: HanEvaluation,
+    references: Mapping[str, Mapping[str, float]],
     history: Sequence[Mapping[str, Any]] | None,
     quality: Mapping[str, Any] | None,
     notes: list[str],
@@ -173,6 +220,7 @@ def _write_report(
         out_dir / "report.html",
         title=f"uwav: {tables.name} ({catalog.stages.evaluate.split} split)",
         scores=evaluation.scores,
+        references=references,
         classes=tables.classes,
         pseudo_label_quality=quality,
         history=history,

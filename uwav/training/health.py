@@ -12,16 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from uwav.evaluation.protocol import avvp_scores
+from uwav.evaluation.protocol import avvp_scores, predict_nothing_scores
 
 # Points of seg Type@AV above predict-nothing below which a model counts as collapsed.
 COLLAPSE_MARGIN = 1.0
-
-
-def predict_nothing_scores(gt_audio: np.ndarray, gt_visual: np.ndarray) -> dict[str, float]:
-    """The LLP-protocol scores of predicting no event anywhere (a reference for any model)."""
-    nothing = np.zeros_like(np.asarray(gt_audio, dtype=bool))
-    return avvp_scores(nothing, nothing, gt_audio, gt_visual)
 
 
 def health_warnings(
