@@ -164,12 +164,24 @@ def synth(
 def serve(
     catalog: CatalogOption = DEFAULT_CATALOG,
     limit: Annotated[int | None, typer.Option(help="Most flow runs at once.")] = None,
+    api_grace: Annotated[
+        float,
+        typer.Option(
+            envvar="UWAV_API_GRACE_S",
+            min=1,
+            max=180,  # past ~3 min without the API, Prefect's runner stops polling by itself
+            help="Seconds without an answer from the Prefect API before serving ends with status 1.",
+        ),
+    ] = 120,
 ) -> None:
-    """Register the uwav/* deployments with the Prefect API (PREFECT_API_URL) and serve them."""
+    """Register the uwav/* deployments with the Prefect API (PREFECT_API_URL) and serve them.
+
+    SIGTERM or SIGINT stops its flow runs and ends it with status 0 within 10 s, server or not.
+    """
     load_catalog(catalog)  # refuse a bad catalog before talking to the server
     from flows.deployments import serve_deployments  # Prefect lives in flows/, not in the library
 
-    serve_deployments(catalog, limit=limit)
+    serve_deployments(catalog, limit=limit, api_grace_s=api_grace)
 
 
 @app.command()
