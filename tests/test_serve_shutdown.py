@@ -33,7 +33,7 @@ from tests.test_e2e_deployments import (
 from uwav.demo import write_demo_catalog
 
 STOP_BOUND_S = 10.0  # `docker stop` sends SIGKILL 10 s after SIGTERM
-API_GRACE_S = 4  # --api-grace of the process left to notice the lost server
+API_GRACE_S = 5  # --api-grace of the process left to notice the lost server
 FLOW_RUN_START_TIMEOUT_S = 120
 
 
