@@ -5,6 +5,7 @@ the shared layout code (uwav.datasets.synth) and the entry point (uwav.datasets.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -20,12 +21,16 @@ from uwav.contracts import validate_dense, validate_manifest
 from uwav.datasets import read_llp, read_unav100
 from uwav.datasets.synth import (
     AVE_LIKE,
+    ID_BLOCKS,
     LLP_LIKE,
     UNAV_LIKE,
     ClassStatistics,
+    assign_subsets,
     derived_rng,
     event_runs,
+    llp_clips,
     sample_layouts,
+    video_ids,
 )
 from uwav.datasets.synth_features import (
     FEATURE_SPACES,
@@ -102,6 +107,50 @@ def test_media_is_deterministic_by_seed(media: SynthMediaPaths, tmp_path: Path) 
     different = tree_bytes(other.root)
     assert different.keys() != reference.keys()  # other ids
     assert different["llp_like/AVVP_train.csv"] != reference["llp_like/AVVP_train.csv"]
+
+
+GROWTH_SETTINGS = {"pretrain_seconds": (4, 6), "size": 32, "workers": 2}
+SMALL_MEDIA = {"n_pretrain": 3, "n_train": 3, "n_val": 1, "n_test": 1}
+GROWN_MEDIA = {"n_pretrain": 5, "n_train": 6, "n_val": 2, "n_test": 2}
+
+
+def media_files(root: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*.mp4"))}
+
+
+def test_media_benchmark_grows_in_place(tmp_path: Path) -> None:
+    """Larger sizes add videos: the existing ones keep their ids, labels, subsets and files (not even
+    rewritten), only the new ones are rendered, and the result is the benchmark written afresh."""
+    grown = write_media_benchmark(tmp_path / "grown", seed=0, **SMALL_MEDIA, **GROWTH_SETTINGS)
+    for path in grown.root.rglob("*.mp4"):  # a time no rewrite could give them
+        os.utime(path, ns=(10**18, 10**18))
+    before = media_files(grown.root)
+    small_weak = read_tsv(grown.llp_dir / "AVVP_dataset_full.csv")
+    small_truth = {m: read_tsv(grown.llp_dir / f"truth_{m}.csv") for m in ("audio", "visual")}
+    small_unav = json.loads(grown.unav_json.read_text())["database"]
+    assert len(before) == 8
+
+    write_media_benchmark(tmp_path / "grown", seed=0, **GROWN_MEDIA, **GROWTH_SETTINGS)
+    after = media_files(grown.root)
+    assert len(after) == 15 and {k: after[k] for k in before} == before  # same bytes, same mtimes
+    fresh = write_media_benchmark(tmp_path / "fresh", seed=0, **GROWN_MEDIA, **GROWTH_SETTINGS)
+    assert tree_bytes(grown.root) == tree_bytes(fresh.root)
+
+    # Every existing clip keeps its filename, split, weak labels and truth; every UnAV-like video its entry.
+    splits = (("AVVP_train.csv", 3), ("AVVP_val_pd.csv", 1), ("AVVP_test_pd.csv", 1))  # the small sizes
+    assert pl.concat([read_tsv(grown.llp_dir / name).head(n) for name, n in splits]).equals(small_weak)
+    kept = pl.col("filename").is_in(small_weak["filename"].implode())
+    for modality, truth in small_truth.items():
+        rows = read_tsv(grown.llp_dir / f"truth_{modality}.csv").filter(kept)
+        assert rows.sort(pl.all()).equals(truth.sort(pl.all()))
+    database = json.loads(grown.unav_json.read_text())["database"]
+    assert {v: database[v] for v in small_unav} == small_unav
+    assert sorted(e["subset"] for e in database.values()) == ["test", "train", "train", "train", "validation"]
+
+    # Other settings draw other videos: every file is rendered again.
+    write_media_benchmark(tmp_path / "grown", seed=0, **GROWN_MEDIA, **(GROWTH_SETTINGS | {"size": 34}))
+    resized = media_files(grown.root)
+    assert resized.keys() == after.keys() and all(resized[k][0] != after[k][0] for k in after)
 
 
 def test_media_files_decode_to_the_declared_streams(media: SynthMediaPaths) -> None:
@@ -308,6 +357,31 @@ def test_layouts_follow_their_configuration() -> None:
     assert not long.audio[beyond].any() and not long.visual[beyond].any()
 
 
+def test_videos_are_keyed_one_by_one() -> None:
+    """Layouts, ids, clip names and subsets of the first videos do not depend on how many follow."""
+    for config, classes in ((LLP_LIKE, TARGET_CLASSES), (UNAV_LIKE, PRETRAIN_CLASSES)):
+        stats = ClassStatistics.draw(0, "t", classes, config)
+        for small, large in ((3, 40), (len(classes), 3 * len(classes))):  # fewer videos than classes, then more
+            first = sample_layouts(0, "t", "train", small, stats, config, cover_classes=True)
+            more = sample_layouts(0, "t", "train", large, stats, config, cover_classes=True)
+            for name in ("audio", "visual", "n_segments"):
+                assert np.array_equal(getattr(first, name), getattr(more, name)[:small]), (config, small, name)
+        # cover_classes: the first C videos each show a different class, so together they show all.
+        covering = sample_layouts(0, "t", "train", 2 * len(classes), stats, config, cover_classes=True)
+        assert covering.weak_labels()[: len(classes)].any(axis=0).all()
+    ids = {block: video_ids(0, "media", block, 2000) for block in ID_BLOCKS}
+    assert all(ids[block][:50] == video_ids(0, "media", block, 50) for block in ID_BLOCKS)
+    every = [v for block_ids in ids.values() for v in block_ids]
+    assert len(set(every)) == len(every) and all(ID11.match(v) for v in every)
+    assert not set(every) & set(video_ids(1, "media", "train", 2000))  # another seed, other ids
+    assert llp_clips(0, "media", "t", "val", 30) == tuple(names[:30] for names in llp_clips(0, "media", "t", "val", 90))
+    subsets = assign_subsets(1000)
+    assert subsets[:3].tolist() == [0, 1, 2] and np.array_equal(assign_subsets(50), subsets[:50])
+    for n in (3, 4, 10, 24, 1000):  # every subset has a video, and the counts are the fractions to a video
+        counts = np.bincount(assign_subsets(n), minlength=3)
+        assert counts.min() >= 1 and np.abs(counts - n * np.array([0.7, 0.15, 0.15])).max() <= 1.5, (n, counts)
+
+
 def test_ave_like_layouts_have_one_audio_visual_event_per_video() -> None:
     stats = ClassStatistics.draw(0, "t", TARGET_CLASSES, AVE_LIKE)
     layouts = sample_layouts(0, "t", "train", 4000, stats, AVE_LIKE)
@@ -476,6 +550,23 @@ def test_feature_benchmark_is_deterministic_and_round_trips(
         assert isinstance(loaded.target.features["clip"], np.memmap) == mmap
     with pytest.raises(FileNotFoundError, match="benchmark.json"):
         SyntheticFeatureBenchmark.load(tmp_path)
+
+
+def test_feature_benchmark_grows_in_place() -> None:
+    """Larger sizes add videos: the existing ones keep their ids, splits, labels, truth and features."""
+    common = {"seed": 0, "features": ("clap", "clip"), "dims": SMALL_DIMS}
+    small = make_feature_benchmark(n_train=30, n_val=5, n_test=6, n_pretrain=7, **common)
+    large = make_feature_benchmark(n_train=50, n_val=9, n_test=8, n_pretrain=12, **common)
+    for ours, theirs in ((small.target, large.target), (small.pretrain, large.pretrain)):
+        rows = {v: i for i, v in enumerate(theirs.manifest["video_id"])}
+        kept = np.array([rows[v] for v in ours.manifest["video_id"]])  # KeyError: an id changed
+        assert ours.manifest.equals(theirs.manifest[kept])
+        assert ours.dense.equals(theirs.dense.filter(pl.col("video_id").is_in(ours.manifest["video_id"].implode())))
+        for name in ("audio", "visual", "n_segments"):
+            assert np.array_equal(getattr(ours.layouts, name), getattr(theirs.layouts, name)[kept]), name
+        for space, values in ours.features.items():
+            assert np.array_equal(values, theirs.features[space][kept]), space
+    assert large.pretrain.manifest["video_id"].to_list()[:7] == small.pretrain.manifest["video_id"].to_list()
 
 
 def test_import_into_feature_store(tmp_path: Path) -> None:

@@ -24,6 +24,10 @@ and the same feature direction in both: stage 1 trained on the pre-training set 
 
 Layouts are LLP-like by default (many audio-only and visual-only events, co-occurring classes),
 or resampled from a real LLP dense-label file (`layouts_from`).
+
+Video-level quantities (layout, id, a, g, b, e) come from streams keyed by the video
+(`uwav.datasets.synth`), so larger sizes add videos and leave every other video's ids, labels and
+feature values as they were.
 """
 
 from __future__ import annotations
@@ -50,11 +54,15 @@ from uwav.datasets.synth import (
     ClassStatistics,
     LayoutConfig,
     Layouts,
+    assign_subsets,
     dense_table,
     derived_rng,
-    draw_video_ids,
+    keyable_generator,
+    llp_clips,
+    rekey,
     sample_layouts,
-    split_counts,
+    video_ids,
+    video_uniforms,
     weak_label_lists,
 )
 from uwav.errors import InvalidInputError, MissingInputError
@@ -250,30 +258,48 @@ class SyntheticFeatureBenchmark:
 # ---------------------------------------------------------------- generation
 
 
-CHUNK_VIDEOS = 500  # unit of parallel work; fixed, so results do not depend on the worker count
+CHUNK_VIDEOS = 500  # unit of parallel work; every video's values come from its own streams
 
 
 @dataclass(frozen=True)
 class _SetTruth:
     """What the feature generator needs of one set."""
 
-    name: str
+    video_ids: list[str]  # the keys of every video's streams: a video's values do not depend on the others
     classes: tuple[str, ...]
     layouts: Layouts
 
 
-def _modality_coefficients(
-    seed: int, truth: _SetTruth, modality: str, difficulty: FeatureDifficulty
-) -> np.ndarray:
-    """(N, T, C) float32 weights of the class directions: truth * strength * amplitude + confusion."""
-    rng = derived_rng(seed, "coefficients", truth.name, modality)
-    active = truth.layouts.audio if modality == "audio" else truth.layouts.visual
-    n, _, n_classes = active.shape
-    strength = class_strengths(seed, modality, truth.classes, difficulty.strength)
+def _chunks(n: int) -> list[range]:
+    return [range(start, min(n, start + CHUNK_VIDEOS)) for start in range(0, n, CHUNK_VIDEOS)]
+
+
+def _coefficients(
+    seed: int, truth: _SetTruth, modalities: Sequence[str], difficulty: FeatureDifficulty, pool: ThreadPoolExecutor
+) -> dict[str, np.ndarray]:
+    """(N, T, C) float32 weights of the class directions per modality: truth * strength * amplitude + confusion."""
+    n, t_max, n_classes = truth.layouts.audio.shape
     jitter = difficulty.amplitude_jitter
-    amplitude = rng.uniform(1.0 - jitter, 1.0 + jitter, size=(n, 1, n_classes))
-    weights = (active * (strength[None, None, :] * amplitude)).astype(np.float32)
-    weights += difficulty.confusion * rng.standard_normal(active.shape, dtype=np.float32)
+    # Per video, one stream gives both modalities' draws (whichever are used): one key per video.
+    amplitude = np.empty((n, len(MODALITIES), n_classes))
+    confusion = np.empty((n, len(MODALITIES), t_max, n_classes), dtype=np.float32)
+
+    def draw(rows: range) -> None:
+        generator = keyable_generator()
+        for row in rows:
+            rng = rekey(generator, seed, "coefficients", truth.video_ids[row])
+            rng.random(out=amplitude[row])
+            rng.standard_normal(dtype=np.float32, out=confusion[row])
+
+    list(pool.map(draw, _chunks(n)))
+    weights = {}
+    for m in modalities:
+        index = MODALITIES.index(m)
+        active = truth.layouts.audio if m == "audio" else truth.layouts.visual
+        strength = class_strengths(seed, m, truth.classes, difficulty.strength)
+        scale = strength[None, :] * (1.0 - jitter + 2.0 * jitter * amplitude[:, index])  # amplitude ~ U(1 - j, 1 + j)
+        weights[m] = (active * scale[:, None, :]).astype(np.float32)
+        weights[m] += difficulty.confusion * confusion[:, index]
     return weights
 
 
@@ -293,23 +319,26 @@ def _space_features(
         gap = (difficulty.modality_gap * _unit(derived_rng(seed, "gap", space).standard_normal(dim))).astype(np.float32)
     valid = np.arange(t_max)[None, :] < truth.layouts.n_segments[:, None]
     out = np.empty((n, t_max, dim), dtype=np.float32)
+    # Noise e and offset b are uniform of the right variance: 4x cheaper to draw than Gaussian, and
+    # their projection on any direction (all a model sees of them in 512+ dimensions) is Gaussian
+    # all the same. Per video, one draw from its own stream: row 0 is b, rows 1.. are e.
+    scale = np.array([difficulty.video_noise] + [difficulty.noise] * t_max, dtype=np.float32)
+    scale *= math.sqrt(12.0 / dim)
 
-    def fill(chunk: int) -> None:
-        rows = slice(chunk * CHUNK_VIDEOS, min(n, (chunk + 1) * CHUNK_VIDEOS))
-        rng = derived_rng(seed, "noise", truth.name, space, chunk)
-        block = out[rows]
-        np.matmul(weights[rows], directions, out=block)
-        # Uniform noise of the same variance: 4x cheaper to draw than Gaussian, and its projection
-        # on any direction (all a model sees of it in 512+ dimensions) is Gaussian all the same.
-        noise = rng.random(block.shape, dtype=np.float32)
+    def fill(rows: range) -> None:
+        block = out[rows.start : rows.stop]
+        np.matmul(weights[rows.start : rows.stop], directions, out=block)
+        noise = np.empty((len(rows), 1 + t_max, dim), dtype=np.float32)
+        generator = keyable_generator()
+        for j, row in enumerate(rows):
+            rekey(generator, seed, "noise", space, truth.video_ids[row]).random(dtype=np.float32, out=noise[j])
         noise -= 0.5
-        noise *= math.sqrt(12.0) * difficulty.noise / math.sqrt(dim)
-        block += noise
-        offset = rng.standard_normal((block.shape[0], 1, dim), dtype=np.float32)
-        block += offset * (difficulty.video_noise / math.sqrt(dim)) + gap
-        block[~valid[rows]] = 0.0  # padding past a video's end
+        noise *= scale[None, :, None]
+        block += noise[:, 1:]
+        block += noise[:, :1] + gap
+        block[~valid[rows.start : rows.stop]] = 0.0  # padding past a video's end
 
-    list(pool.map(fill, range(math.ceil(n / CHUNK_VIDEOS))))
+    list(pool.map(fill, _chunks(n)))
     return out
 
 
@@ -321,11 +350,10 @@ def _features(
     difficulty: FeatureDifficulty,
     pool: ThreadPoolExecutor,
 ) -> dict[str, np.ndarray]:
-    weights = {
-        m: _modality_coefficients(seed, truth, m, difficulty)
-        for m in MODALITIES
-        if any(FEATURE_SPACES[s].modality == m for s in spaces)
-    }
+    if not spaces:
+        return {}
+    modalities = [m for m in MODALITIES if any(FEATURE_SPACES[s].modality == m for s in spaces)]
+    weights = _coefficients(seed, truth, modalities, difficulty, pool)
     return {
         s: _space_features(seed, truth, s, dims[s], weights[FEATURE_SPACES[s].modality], difficulty, pool)
         for s in spaces
@@ -350,12 +378,13 @@ def _real_llp_layouts(layouts_from: Path, classes: tuple[str, ...]) -> Layouts:
 
 
 def _resample_layouts(seed: int, split: str, n: int, real: Layouts) -> Layouts:
-    """`n` layouts drawn with replacement from real ones, each reversed in time with P = 0.5."""
-    rng = derived_rng(seed, "resample", split)
-    picked = real.select(rng.integers(0, len(real.n_segments), size=n))
+    """`n` layouts drawn with replacement from real ones, each reversed in time with P = 0.5 (per
+    video: a larger `n` keeps the first ones)."""
+    u = video_uniforms(seed, n, 2, "resample", split)
+    picked = real.select(np.floor(u[:, 0] * len(real.n_segments)).astype(np.int64))
     if len(set(picked.n_segments.tolist())) > 1:
         raise ValueError("resampled layouts must all have the same number of segments")
-    flip = rng.random(n) < 0.5
+    flip = u[:, 1] < 0.5
     audio = np.where(flip[:, None, None], picked.audio[:, ::-1], picked.audio)
     visual = np.where(flip[:, None, None], picked.visual[:, ::-1], picked.visual)
     return Layouts(audio, visual, picked.n_segments)
@@ -432,21 +461,17 @@ def make_feature_benchmark(
     pretrain_stats = ClassStatistics.draw(seed, "features-unav", pretrain_classes, pretrain_layout)
     pretrain_layouts = sample_layouts(seed, "features-unav", "all", n_pretrain, pretrain_stats, pretrain_layout)
 
-    id_rng = derived_rng(seed, "features-ids")
-    taken: set[str] = set()
-    # Pre-training ids first: the pre-training set must not change when the target set grows.
-    pretrain_ids = draw_video_ids(id_rng, n_pretrain, taken)
-    n_target = len(target_layouts.n_segments)
-    starts = 10 * id_rng.integers(0, 30, size=n_target)
-    target_ids = [f"{v}_{s}_{s + 10}" for v, s in zip(draw_video_ids(id_rng, n_target, taken), starts, strict=True)]
+    # Ids, clip starts and pre-training subsets are keyed per video, as the layouts: larger sizes
+    # add videos and keep the others.
+    pretrain_ids = video_ids(seed, "features", "pretrain", n_pretrain)
+    target_ids = [v for split, n in sizes.items() for v in llp_clips(seed, "features", "features-llp", split, n)[1]]
     target_splits = [split for split, n in sizes.items() for _ in range(n)]
     manifest = _manifest(target_ids, target_splits, target_layouts, weak_label_lists(target_layouts, target_classes))
     all_dense = dense_table(target_ids, target_layouts, target_classes)
     evaluated = {v for v, s in zip(target_ids, target_splits, strict=True) if s in ("val", "test")}
     dense = all_dense.filter(pl.col("video_id").is_in(list(evaluated)))
 
-    p_train, p_val, _ = split_counts(n_pretrain)
-    pretrain_splits = ["train"] * p_train + ["val"] * p_val + ["test"] * (n_pretrain - p_train - p_val)
+    pretrain_splits = np.array(["train", "val", "test"])[assign_subsets(n_pretrain)].tolist()
     # UnAV-100 annotates audio-visual events only: its labels and dense rows are the AV runs.
     annotated = Layouts(pretrain_layouts.audio_visual, pretrain_layouts.audio_visual, pretrain_layouts.n_segments)
     pretrain_manifest = _manifest(
@@ -459,10 +484,10 @@ def make_feature_benchmark(
     workers = workers or min(8, os.cpu_count() or 1)
     with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=workers) as pool:
         target_features = _features(
-            seed, _SetTruth("target", target_classes, target_layouts), features, dims, difficulty, pool
+            seed, _SetTruth(target_ids, target_classes, target_layouts), features, dims, difficulty, pool
         )
         pretrain_feature_arrays = _features(
-            seed, _SetTruth("pretrain", pretrain_classes, pretrain_layouts), pretrain_features, dims, difficulty, pool
+            seed, _SetTruth(pretrain_ids, pretrain_classes, pretrain_layouts), pretrain_features, dims, difficulty, pool
         )
     settings = {  # JSON-ready (lists, not tuples), so that a loaded benchmark compares equal
         "generator": "uwav.datasets.synth_features",

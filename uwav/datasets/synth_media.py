@@ -17,6 +17,9 @@ Both also get `classes.json` (the class list in order) and `truth_audio.csv` / `
 the segment-level truth of every video per modality, training videos included, in the columns
 of LLP's eval CSVs, for checking pseudo-labels and stage-1 predictions (never for training).
 
+Every video depends on the settings and its own keys alone (`uwav.datasets.synth`): larger sizes
+add videos, and `write_media_benchmark` renders only those a folder lacks.
+
 Event boundaries of the UnAV-like set are whole seconds moved by at most 0.2 s, so that the
 "at least half of a segment" rule gives back the drawn segment labels exactly; LLP-like events are
 on whole seconds.
@@ -42,16 +45,20 @@ from uwav.datasets.synth import (
     ClassStatistics,
     LayoutConfig,
     Layouts,
+    assign_subsets,
     dense_table,
     derived_rng,
-    draw_video_ids,
     event_runs,
+    llp_clips,
     sample_layouts,
-    split_counts,
+    video_ids,
     weak_label_lists,
 )
 
 AAC_RATES = (16000, 22050, 24000, 32000, 44100, 48000)
+# Written into synth_media.json and raised whenever the same settings would give other files, so
+# that files of an older generator are never taken for this one's.
+GENERATOR_VERSION = 2
 MAX_BOUNDARY_JITTER_S = 0.2  # < 0.25 keeps every segment covered by >= 75% or <= 25%
 
 
@@ -440,18 +447,19 @@ class _VideoJob:
 
 
 def _timed_events(
-    layouts: Layouts, classes: tuple[str, ...], durations: np.ndarray, jitter_rng: np.random.Generator | None
+    layouts: Layouts, classes: tuple[str, ...], durations: np.ndarray, jitter: list[np.random.Generator] | None
 ) -> list[list[TimedEvent]]:
-    """Segment runs -> events in seconds; with a jitter generator, boundaries move by up to 0.2 s
-    (never past the video's ends)."""
+    """Segment runs -> events in seconds; with a generator per video (`jitter`), boundaries move by
+    up to 0.2 s (never past the video's ends)."""
     per_video: list[list[TimedEvent]] = [[] for _ in range(len(durations))]
     for modality, active in (("audio", layouts.audio), ("visual", layouts.visual)):
         for v, c, onset, offset in zip(*event_runs(active), strict=True):
             start, end = float(onset), float(offset)
-            if jitter_rng is not None:
-                start = 0.0 if onset == 0 else start + jitter_rng.uniform(-MAX_BOUNDARY_JITTER_S, MAX_BOUNDARY_JITTER_S)
+            if jitter is not None:
+                rng = jitter[v]
+                start = 0.0 if onset == 0 else start + rng.uniform(-MAX_BOUNDARY_JITTER_S, MAX_BOUNDARY_JITTER_S)
                 end = float(durations[v]) if offset == layouts.n_segments[v] else (
-                    end + jitter_rng.uniform(-MAX_BOUNDARY_JITTER_S, MAX_BOUNDARY_JITTER_S)
+                    end + rng.uniform(-MAX_BOUNDARY_JITTER_S, MAX_BOUNDARY_JITTER_S)
                 )
             per_video[v].append(TimedEvent(classes[c], modality, round(start, 3), round(end, 3)))
     return per_video
@@ -463,6 +471,10 @@ def _audio_visual_spans(events: list[TimedEvent], label: str) -> list[tuple[floa
     visual = [(e.start_s, e.end_s) for e in events if e.label == label and e.modality == "visual"]
     spans = [(max(a0, v0), min(a1, v1)) for a0, a1 in audio for v0, v1 in visual if min(a1, v1) > max(a0, v0)]
     return sorted(spans)
+
+
+def _without_sizes(settings: dict) -> dict:
+    return {key: value for key, value in settings.items() if key != "sizes"}
 
 
 def _write_json(path: Path, payload: object) -> None:
@@ -486,20 +498,19 @@ def _eval_format(video_ids: list[str], layouts: Layouts, classes: tuple[str, ...
 
 
 def _pretrain_set(
-    media: Path, seed: int, n: int, seconds: tuple[int, int], fps: int, taken: set[str]
+    media: Path, seed: int, n: int, seconds: tuple[int, int], fps: int
 ) -> tuple[list[_VideoJob], dict, dict[str, pl.DataFrame]]:
     """The UnAV-like videos: the annotation JSON, the truth tables and one render job per video."""
     config = replace(UNAV_LIKE, segments=seconds)
     stats = ClassStatistics.draw(seed, "media-unav", PRETRAIN_CLASSES, config)
     layouts = sample_layouts(seed, "media-unav", "all", n, stats, config, cover_classes=True)
-    rng = derived_rng(seed, "media-unav", "ids-and-durations")
-    ids = draw_video_ids(rng, n, taken)
+    ids = video_ids(seed, "media", "pretrain", n)
+    timing = [derived_rng(seed, "timing", "media-unav", "all", i) for i in range(n)]
     # A trailing part of up to 2 frames, shorter than half a segment, keeps the segment count at n_segments.
-    extra_frames = rng.integers(0, min(2, (fps - 1) // 2) + 1, size=n)
+    extra_frames = np.array([rng.integers(0, min(2, (fps - 1) // 2) + 1) for rng in timing], dtype=np.int64)
     durations = layouts.n_segments + extra_frames / fps
-    events = _timed_events(layouts, PRETRAIN_CLASSES, durations, rng)
-    n_train, n_val, _ = split_counts(n)
-    subsets = ["train"] * n_train + ["validation"] * n_val + ["test"] * (n - n_train - n_val)
+    events = _timed_events(layouts, PRETRAIN_CLASSES, durations, timing)
+    subsets = np.array(["train", "validation", "test"])[assign_subsets(n)].tolist()
     database = {}
     for video_id, duration, subset, video_events in zip(ids, durations, subsets, events, strict=True):
         annotations = [
@@ -532,21 +543,18 @@ def _pretrain_set(
 
 
 def _target_set(
-    media: Path, seed: int, sizes: dict[str, int], taken: set[str], layout: LayoutConfig
+    media: Path, seed: int, sizes: dict[str, int], layout: LayoutConfig
 ) -> tuple[list[_VideoJob], dict[str, pl.DataFrame]]:
     """The target clips in LLP's format (CSV tables, the truth of every clip) with events laid out
     by `layout`, and one render job per clip."""
     stats = ClassStatistics.draw(seed, "media-llp", TARGET_CLASSES, layout)
-    rng = derived_rng(seed, "media-llp", "ids")
     weak: dict[str, pl.DataFrame] = {}
     truth: dict[str, dict[str, pl.DataFrame]] = {}
     jobs: list[_VideoJob] = []
     for split, n in sizes.items():
         # Every class occurs in the training clips, however few there are.
         layouts = sample_layouts(seed, "media-llp", split, n, stats, layout, cover_classes=split == "train")
-        ids = draw_video_ids(rng, n, taken)
-        starts = 10 * rng.integers(0, 30, size=n)  # LLP clips are 10-s windows of longer videos
-        filenames = [f"{v}_{s}_{s + 10}" for v, s in zip(ids, starts, strict=True)]
+        ids, filenames = llp_clips(seed, "media", "media-llp", split, n)
         labels = [",".join(names) for names in weak_label_lists(layouts, TARGET_CLASSES)]
         weak[split] = pl.DataFrame(
             {"filename": filenames, "event_labels": labels}, schema={"filename": pl.String, "event_labels": pl.String}
@@ -595,6 +603,11 @@ def write_media_benchmark(
     Deterministic by seed: the same arguments give byte-identical files whatever `workers` is
     (default: the CPU count, at most 8). `pretrain_seconds` is the inclusive range of pre-training
     video lengths (UnAV-100: up to 60 s).
+
+    Sets grow in place: every video is drawn from its own keyed streams, so larger sizes add videos
+    and leave the others (ids, files, labels, subsets) as they were. When `out_dir` holds a benchmark
+    of the same settings apart from the sizes (its `synth_media.json`), only the videos missing
+    there are rendered; the annotation tables are written anew.
     """
     if audio_rate not in AAC_RATES:
         raise ValueError(f"audio_rate {audio_rate} is not an AAC sample rate {AAC_RATES}")
@@ -616,14 +629,32 @@ def write_media_benchmark(
     )
     paths.unav_media.mkdir(parents=True, exist_ok=True)
     paths.llp_media.mkdir(parents=True, exist_ok=True)
-    taken: set[str] = set()  # ids are unique across both sets
-    pretrain_jobs, unav, unav_tables = _pretrain_set(paths.unav_media, seed, n_pretrain, pretrain_seconds, fps, taken)
+    settings = {
+        "generator": "uwav.datasets.synth_media",
+        "version": GENERATOR_VERSION,
+        "seed": seed,
+        "sizes": {"pretrain": n_pretrain, "train": n_train, "val": n_val, "test": n_test},
+        "pretrain_seconds": list(pretrain_seconds),
+        "size": size,
+        "fps": fps,
+        "audio_rate": audio_rate,
+        "noise": asdict(noise),
+        "target_layout": asdict(target_layout),
+    }
+    settings = json.loads(json.dumps(settings))  # as read back: lists, not tuples
+    settings_path = out_dir / "synth_media.json"
+    previous = json.loads(settings_path.read_text()) if settings_path.is_file() else None
+    pretrain_jobs, unav, unav_tables = _pretrain_set(paths.unav_media, seed, n_pretrain, pretrain_seconds, fps)
     sizes = {"train": n_train, "val": n_val, "test": n_test}
-    target_jobs, llp_tables = _target_set(paths.llp_media, seed, sizes, taken, target_layout)
+    target_jobs, llp_tables = _target_set(paths.llp_media, seed, sizes, target_layout)
+    jobs = pretrain_jobs + target_jobs
+    if previous is not None and _without_sizes(previous) == _without_sizes(settings):
+        # Every video depends on the settings and its own key alone, and files are written whole
+        # (atomically): those already there are this benchmark's, whatever the sizes they were made with.
+        jobs = [job for job in jobs if not job.path.exists()]
     workers = workers or min(8, os.cpu_count() or 1)
     # Threads suffice: numpy and libav release the GIL for the heavy parts.
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        jobs = pretrain_jobs + target_jobs
         list(pool.map(lambda job: _render_and_encode(job, seed, fps, size, audio_rate, noise), jobs))
     _write_json(paths.unav_json, unav)
     _write_json(paths.unav_classes, list(PRETRAIN_CLASSES))
@@ -632,16 +663,5 @@ def write_media_benchmark(
     for name, table in llp_tables.items():
         _write_tsv(paths.llp_dir / name, table)
     _write_json(paths.llp_classes, list(TARGET_CLASSES))
-    settings = {
-        "generator": "uwav.datasets.synth_media",
-        "seed": seed,
-        "sizes": {"pretrain": n_pretrain, "train": n_train, "val": n_val, "test": n_test},
-        "pretrain_seconds": list(pretrain_seconds),
-        "size": size,
-        "fps": fps,
-        "audio_rate": audio_rate,
-        "noise": noise.__dict__,
-        "target_layout": asdict(target_layout),
-    }
-    _write_json(out_dir / "synth_media.json", settings)
+    _write_json(settings_path, settings)  # last: the folder holds a complete benchmark of these settings
     return paths
