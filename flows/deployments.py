@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import httpx
-import psutil  # installed with dask[distributed]
+import psutil
 from prefect.client.orchestration import get_client
 from prefect.deployments.runner import RunnerDeployment
 from prefect.logging import get_logger

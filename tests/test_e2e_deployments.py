@@ -5,7 +5,8 @@ dataset, then new videos and `prefect deployment run uwav/retrain`, which must p
 The videos are generated once (`write_media_benchmark`) and laid out as an LLP-format target
 (CSV tables + a media folder) and a UnAV-100-format pre-training set; "adding videos" appends rows
 to `AVVP_train.csv` and copies their files into the media folder, as new data arrives in practice.
-(The `synthetic` dataset kind cannot grow in place: a larger `n_train` re-draws every clip.)
+(The `synthetic` kind grows in place too, which `uwav demo --retrain` uses; this test lays out
+the LLP format because that is how a user's own collection arrives.)
 
 Everything runs in subprocesses with a fresh PREFECT_HOME; the suite's network guard covers only
 this process, so the environment also switches off the server's analytics, the UI and the SDK's
