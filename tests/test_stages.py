@@ -214,11 +214,16 @@ def test_new_target_videos_only_rerun_the_target_side(finished_run: Path, tmp_pa
     states = {s.stage: s.state for s in stage_status(catalog)}
     assert states["pretrain"] == "fresh"
     assert states["features"] == "stale" and states["train"] == "stale"
+    # The grown benchmark keeps every earlier video: the store takes only the 10 new ones.
+    run_pipeline(catalog, ["features"], progress=False)
+    metrics = state_dir(catalog).record("features").metrics
+    assert (metrics["target_imported"], metrics["target_already_complete"]) == (10, 100), metrics
+    assert (metrics["pretrain_imported"], metrics["pretrain_already_complete"]) == (0, 40), metrics
 
 
 def test_synthetic_pretraining_set_does_not_depend_on_the_target_set() -> None:
-    """What lets stage 1 stay fresh above: the generator draws the pre-training part first, so
-    neither the target sizes nor the target layout change it."""
+    """What lets stage 1 stay fresh above: every video is drawn from its own key, so neither the
+    target sizes nor the target layout change the pre-training part."""
     from uwav.datasets.synth import AVE_LIKE
     from uwav.datasets.synth_features import make_feature_benchmark
 

@@ -41,10 +41,13 @@ def import_into_store(root: Path, store: FeatureStore, *, workers: int = 4) -> d
     segment-mean feature. Text embeddings go under `uwav.contracts.text_embedding_name(space, role)`
     with the class names as prompts. Videos complete in the store are skipped. Encoder identities
     carry a digest of the benchmark's settings: a store filled from another benchmark refuses the
-    import (FeatureStoreError) rather than mixing the two.
+    import (FeatureStoreError) rather than mixing the two. The sizes are left out of the digest:
+    every video's values are keyed by the video alone, so a grown benchmark imports only its new
+    videos into the store of the smaller one.
     """
     benchmark = SyntheticFeatureBenchmark.load(root)
-    digest = f"{stable_hash(json.dumps(benchmark.settings, sort_keys=True)):016x}"
+    generation = {key: value for key, value in benchmark.settings.items() if key != "sizes"}
+    digest = f"{stable_hash(json.dumps(generation, sort_keys=True)):016x}"
     store_names = {"resnet152": RESNET_MEAN_NAME}
     metrics: dict[str, int] = {}
     for role, part in (("target", benchmark.target), ("pretrain", benchmark.pretrain)):
