@@ -16,6 +16,7 @@ from uwav.cli import app
 from uwav.evaluation import predict_nothing_scores
 from uwav.labels import read_pseudo_labels
 from uwav.stages import STAGES, StageError, compute_fingerprints, plan, run_pipeline, stage_status, state_dir
+from uwav.stages.evaluate import NOTHING_REFERENCE, PSEUDO_LABELS_REFERENCE
 from uwav.stages.inputs import dataset_tables
 from uwav.training.checkpoints import load_checkpoint
 from uwav.workspace import dense_truth
@@ -99,12 +100,12 @@ def test_full_pipeline_outputs(finished_run: Path) -> None:
     # the pseudo_labels stage's own test-split quality (every test video is evaluated here), and
     # predicting nothing scores as the protocol says on the test truth.
     references = evaluate.metrics["references"]
-    assert references["pseudo-labels"] == pytest.approx(quality["test"])
+    assert references[PSEUDO_LABELS_REFERENCE] == pytest.approx(quality["test"])
     test_ids = sorted(manifest.filter(pl.col("split") == "test")["video_id"].to_list())
     truth = dense_truth(dataset_tables(catalog, "target"), test_ids, 10)
-    assert references["predict nothing"] == pytest.approx(predict_nothing_scores(truth["audio"], truth["visual"]))
-    assert references["predict nothing"] != references["pseudo-labels"]
-    assert "predict nothing" in report and "pseudo-labels" in report
+    assert references[NOTHING_REFERENCE] == pytest.approx(predict_nothing_scores(truth["audio"], truth["visual"]))
+    assert references[NOTHING_REFERENCE] != references[PSEUDO_LABELS_REFERENCE]
+    assert NOTHING_REFERENCE in report and PSEUDO_LABELS_REFERENCE in report
 
 
 def test_unchanged_catalog_is_a_no_op(finished_run: Path) -> None:

@@ -4,13 +4,24 @@
 (media mode), whose encoders are the tiny random-initialised configurations shipped in
 `uwav/features/model_configs/` (the same code paths as real weights) and whose training
 schedules are shortened so the run takes minutes on a laptop CPU.
+
+`uwav demo --retrain` then shows what scheduled retraining does with newly arrived videos:
+`grow_demo` raises the number of training videos in that catalog (the synthetic set grows in
+place: every earlier video stays as it was), the pipeline runs as the `uwav/retrain` deployment
+does, and `retrain_report` says what was encoded, how the new model compares with the previous
+one on the same validation split, and which one is current.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
+
+from uwav.catalog import Catalog
+from uwav.errors import MissingInputError
 
 DEMO_CATALOG = "data_catalog.yaml"
 
@@ -48,3 +59,74 @@ def write_demo_catalog(out_dir: Path, seed: int = 0) -> Path:
     path = out_dir / DEMO_CATALOG
     path.write_text(yaml.safe_dump(demo_catalog(seed), sort_keys=False))
     return path
+
+
+# Training videos `uwav demo --retrain` adds by default: half the demo's training set.
+DEFAULT_ADDED_VIDEOS = 20
+
+
+@dataclass(frozen=True)
+class GrownDemo:
+    """A demo catalog with more training videos: the catalog file, the training-set sizes before
+    and after, and the model that was current before retraining."""
+
+    catalog_path: Path
+    n_train_before: int
+    n_train_after: int
+    previous_model: dict[str, Any]
+
+
+def grow_demo(out_dir: Path, added: int = DEFAULT_ADDED_VIDEOS) -> GrownDemo:
+    """Raise `n_train` by `added` in every synthetic dataset of the demo catalog in `out_dir`
+    (which a finished `uwav demo` wrote). Validation and test stay as they are, so the new
+    model's validation score compares with the previous one's."""
+    from uwav.catalog import load_catalog
+    from uwav.stages.promotion import current_model
+
+    if added < 1:
+        raise ValueError(f"grow_demo: added must be at least 1, got {added}")
+    path = Path(out_dir) / DEMO_CATALOG
+    if not path.is_file():
+        raise MissingInputError(f"{path}: no demo catalog; run `uwav demo --out {out_dir}` first")
+    previous = current_model(load_catalog(path))
+    if previous is None:
+        raise MissingInputError(
+            f"{out_dir}: the demo has no current model yet; run `uwav demo --out {out_dir}` to the end first"
+        )
+    data = yaml.safe_load(path.read_text())
+    specs = [dataset["synthetic"] for dataset in data["datasets"].values() if dataset.get("kind") == "synthetic"]
+    if not specs:
+        raise MissingInputError(f"{path}: no synthetic dataset to grow")
+    before = int(specs[0]["n_train"])
+    for spec in specs:  # the demo's two datasets share one generated folder: grow them together
+        spec["n_train"] = before + added
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return GrownDemo(path, before, before + added, previous)
+
+
+def retrain_report(catalog: Catalog, grown: GrownDemo) -> list[str]:
+    """What retraining did, one line each: the videos added, those encoded, the new model's
+    validation score against the previous one's, and which model is current."""
+    from uwav.stages.planner import stage_record
+    from uwav.stages.promotion import current_model
+
+    features = stage_record(catalog, "features").metrics
+    train = stage_record(catalog, "train")
+    encoded = {role: features.get(f"{role}_extraction", {}) for role in ("target", "pretrain")}
+    current = current_model(catalog)
+    assert current is not None, "retraining left no current model"
+    new_score, old_score = float(train.metrics["best_val_score"]), float(grown.previous_model["val_score"])
+    which = (
+        "the new model" if current["fingerprint"] == train.fingerprint
+        else "the previous model (the new one scored lower on validation)"
+    )
+    return [
+        f"added {grown.n_train_after - grown.n_train_before} training videos "
+        f"(n_train {grown.n_train_before} -> {grown.n_train_after})",
+        f"encoded {encoded['target'].get('computed', 0)} target videos "
+        f"({encoded['target'].get('already_complete', 0)} already in the store) and "
+        f"{encoded['pretrain'].get('computed', 0)} pre-training videos",
+        f"validation seg Type@AV: new model {new_score:.2f} ({train.fingerprint}), "
+        f"previous model {old_score:.2f} ({grown.previous_model['fingerprint']})",
+        f"current model: {which}, {current['fingerprint']}",
+    ]

@@ -71,7 +71,9 @@ def check_model_inputs(model: HAN, features: HanFeatures, classes: Sequence[str]
 
 
 # Names of the reference rows shown beside a model's scores (report, printed tables, stage record).
-PSEUDO_LABELS_REFERENCE = "pseudo-labels"
+# The pseudo-labels keep only each video's true classes (its weak label), which the HAN has to find
+# by itself: the name says so, lest they read as a score the HAN should simply reach.
+PSEUDO_LABELS_REFERENCE = "pseudo-labels, given video labels"
 NOTHING_REFERENCE = "predict nothing"
 
 
