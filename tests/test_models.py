@@ -232,3 +232,64 @@ def test_plg_from_settings() -> None:
     block = plg.visual.encoder.layers[0]
     assert len(plg.visual.encoder.layers) == 5 and block.linear1.out_features == 256 and block.self_attn.num_heads == 8
     assert not block.norm_first and plg.audio.dim == 32
+
+
+@pytest.mark.parametrize("projection", ["linear", "mlp"])
+def test_input_standardisation_is_a_reparametrisation_of_the_first_layers(projection: str) -> None:
+    """`input_norm: standardize` computes exactly what a plain HAN computes once its first linear
+    layers absorb the affine map: W (x - m) / s + b = (W / s) x + (b - W m / s)."""
+    dims = {"n_classes": 7, "audio_dim": 12, "visual2d_dim": 20, "visual3d_dim": 9, "projection": projection}
+    torch.manual_seed(3)
+    standardized = HAN(**dims, d_model=32, ffn=48, heads=8, input_norm="standardize").eval()
+    audio, frames, visual3d = han_inputs(batch=5)
+    offsets = [torch.randn(width) * 10 for width in (12, 20, 9)]
+    audio, frames, visual3d = audio + offsets[0], frames + offsets[1], visual3d * 0.01 + offsets[2]
+    mask = torch.zeros(5, 10, dtype=torch.bool)
+    mask[0, 7:] = True
+    standardized.set_input_statistics(audio, frames, visual3d, mask)
+    real_audio = audio[~mask]
+    assert torch.allclose(standardized.audio_mean, real_audio.mean(0)) and torch.allclose(standardized.audio_std, real_audio.std(0))
+    assert torch.allclose(standardized.visual2d_mean, frames.mean(2)[~mask].mean(0))
+
+    plain = HAN(**dims, d_model=32, ffn=48, heads=8).eval()
+    plain.load_state_dict({k: v for k, v in standardized.state_dict().items() if not k.endswith(("_mean", "_std"))})
+    # In float64: in float32 the absorbed form loses digits to cancellation (the poor conditioning
+    # that standardising avoids).
+    standardized, plain = standardized.double(), plain.double()
+    stats = {s: (getattr(standardized, f"{s}_mean").double(), getattr(standardized, f"{s}_std").double()) for s in ("audio", "visual2d", "visual3d")}
+
+    def absorb(layer: nn.Linear, columns: slice, stream: str) -> None:
+        mean, std = stats[stream]
+        weight = layer.weight.detach().double()
+        scaled = weight[:, columns] / std
+        bias = layer.bias.detach().double() - scaled @ mean
+        with torch.no_grad():
+            layer.weight[:, columns] = scaled
+            layer.bias.copy_(bias)
+
+    first_audio = plain.fc_a if projection == "linear" else plain.fc_a[0]
+    absorb(first_audio, slice(None), "audio")
+    if projection == "linear":
+        absorb(plain.fc_v, slice(None), "visual2d")
+        absorb(plain.fc_st, slice(None), "visual3d")
+    else:  # one fc_fusion over concat(2-D mean, 3-D): two column blocks, one bias
+        mean2, std2 = stats["visual2d"]
+        mean3, std3 = stats["visual3d"]
+        weight = plain.fc_fusion.weight.detach().double()
+        scale = torch.cat([1 / std2, 1 / std3])
+        with torch.no_grad():
+            plain.fc_fusion.bias.copy_(plain.fc_fusion.bias - (weight * scale) @ torch.cat([mean2, mean3]))
+            plain.fc_fusion.weight.copy_(weight * scale)
+    inputs = (audio.double(), frames.double(), visual3d.double())
+    ours, theirs = standardized(*inputs, mask), plain(*inputs, mask)
+    assert torch.allclose(ours.segment_logits[~mask], theirs.segment_logits[~mask], atol=1e-5)
+    assert torch.allclose(ours.video_prob, theirs.video_prob, atol=1e-6)
+
+
+def test_input_statistics_need_standardisation_and_real_segments() -> None:
+    with pytest.raises(ValueError, match="input_norm is 'none'"):
+        small_han().set_input_statistics(*han_inputs())
+    model = HAN(n_classes=7, audio_dim=12, visual2d_dim=20, visual3d_dim=9, d_model=32, ffn=48, heads=8, input_norm="standardize")
+    with pytest.raises(ValueError, match="audio has 1 real segments"):
+        model.set_input_statistics(*han_inputs(batch=1, segments=1))
+    assert HanSettings().input_norm == "none"  # the paper's HAN by default

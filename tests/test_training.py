@@ -14,6 +14,7 @@ from torch._dynamo.utils import counters
 
 from uwav.atomic import clean_interrupted
 from uwav.catalog import HanSettings, PretrainSettings, TrainSettings
+from uwav.evaluation import predict_nothing_scores
 from uwav.models.plg import AudioVisualPLG
 from uwav.training.checkpoints import (
     STATE_FILE,
@@ -36,6 +37,7 @@ from uwav.training.han_train import (
     run_ablation,
     train_han,
 )
+from uwav.training.health import input_spread
 from uwav.training.pretrain import plg_loss
 from uwav.training.pretrain import trim_to_longest, load_plg, predict_plg, pretrain_plg
 from uwav.training.schedule import WarmupCosine
@@ -459,3 +461,32 @@ def test_padded_videos_train_and_padding_never_counts(tmp_path: Path) -> None:
     zeros = LabelledSplit.from_arrays(with_padding(data.val.features, "zeros"), data.val.gt_audio, data.val.gt_visual)
     assert torch.equal(noisy.features.lengths, zeros.features.lengths)
     assert evaluate_han(result.model, noisy) == evaluate_han(result.model, zeros)
+
+
+def test_standardised_inputs_learn_what_nearly_constant_inputs_hide(tmp_path: Path) -> None:
+    """The demo's failure in miniature: the class information rides on a large common vector (the
+    segments vary by ~3 % of their length, as random-initialised CLAP features do). The plain HAN
+    learns nothing from it; with `input_norm: standardize` it learns the task, and the statistics
+    travel with the checkpoint."""
+    import dataclasses
+
+    data = han_data()
+
+    def flatten(features: HanFeatures) -> HanFeatures:
+        return dataclasses.replace(features, **{
+            name: 30.0 + 0.03 * getattr(features, name) for name in ("audio", "visual2d", "visual3d")
+        })  # fmt: skip
+
+    flat = dataclasses.replace(data, train=flatten(data.train), val=dataclasses.replace(data.val, features=flatten(data.val.features)))
+    spread = input_spread({"audio": flat.train.audio})["audio"]
+    assert spread < 0.05
+    floor = predict_nothing_scores(data.val.gt_audio, data.val.gt_visual)["seg_type"]
+    plain = train_han(flat, han_settings(epochs=6), tmp_path / "plain", progress=False)
+    settings = han_settings(epochs=6, han=TINY_HAN.model_copy(update={"input_norm": "standardize"}))
+    standardized = train_han(flat, settings, tmp_path / "standardized", progress=False)
+    assert plain.best_score < floor + 5, (plain.best_score, floor)
+    assert standardized.best_score > floor + 20, (standardized.best_score, floor)
+    assert torch.allclose(standardized.model.audio_mean, flat.train.audio.reshape(-1, 6).mean(0))
+    reloaded = load_han(standardized.best_checkpoint)
+    assert reloaded.config["input_norm"] == "standardize"
+    assert evaluate_han(reloaded, flat.val)["seg_type"] == pytest.approx(standardized.best_score, abs=1e-9)

@@ -277,11 +277,16 @@ class HanSettings(_Strict):
     `update`: `parallel` (eq. 1-2, AVVP-ECCV20) or `sequential` (VALOR, the UWAV release: the
     visual stream attends to the updated audio). `projection`: `linear` (fc_a, fc_v, fc_st,
     fc_fusion) or `mlp` (the UWAV release: 2-layer MLP fc_a, one fc_fusion over 2-D mean + 3-D).
+    `input_norm` (uwav's addition, default off as in the paper): `standardize` feeds the HAN its
+    inputs standardised per dimension with the training split's statistics (kept with the
+    weights); for features that vary little around a large common vector, such as those of
+    random-initialised encoders (`uwav.models.han`).
     """
 
     inputs: Literal["official", "clip_clap"] = "clip_clap"
     update: Literal["parallel", "sequential"] = "parallel"
     projection: Literal["linear", "mlp"] = "linear"
+    input_norm: Literal["none", "standardize"] = "none"
     d_model: PositiveInt = 512
     ffn: PositiveInt = 1024
     heads: PositiveInt = 8

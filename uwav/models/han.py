@@ -12,6 +12,13 @@ reference code (`fc_a`, `fc_v`, `fc_st`, `fc_fusion`, `cm_attn`, `self_attn`, `l
   `fc_a` (AVVP-ECCV20, VALOR); `mlp` is the UWAV release's: `fc_a` a 2-layer MLP (audio ->
   2d -> d, ReLU) and one linear `fc_fusion` over concat(2-D frame mean, 3-D feature).
 
+- `input_norm` (uwav's, not in the paper or any release; default `none`): `standardize` keeps
+  per-dimension means and standard deviations of the training inputs as buffers (saved with the
+  weights) and feeds `(x - mean) / std` to the projections. Being affine, it is a
+  re-parametrisation of the first linear layers: same model class, better-conditioned training
+  when the features vary little around a large common vector, as random-initialised encoders'
+  do (the demo's CLAP features vary by ~3 % of their norm, CLIP's by ~9 %).
+
 Differences from the reference that do not change the function: `batch_first` attention (the
 reference permutes to (T, B, D)); the 8 ResNet frames of a segment are averaged before `fc_v`
 rather than after (a linear map commutes with the mean; 8x cheaper). Addition: an optional
@@ -35,6 +42,11 @@ AUDIO, VISUAL = 0, 1  # order of the modality axis of every (B, T, 2, ...) outpu
 
 HanUpdate = Literal["parallel", "sequential"]
 HanProjection = Literal["linear", "mlp"]
+HanInputNorm = Literal["none", "standardize"]
+INPUT_STREAMS: tuple[str, str, str] = ("audio", "visual2d", "visual3d")
+# A dimension's standard deviation is floored at this fraction of the mean over dimensions, so
+# that a (nearly) constant training dimension cannot blow up unseen inputs.
+STD_FLOOR_FRACTION = 1e-3
 
 # The released configurations, as HAN constructor arguments (d_model and the input dims come from
 # the data, or from a released state dict's shapes). Sources: AVVP-ECCV20 `MMIL_Net`; VALOR
@@ -116,6 +128,7 @@ class HAN(nn.Module):
         dropout: float = 0.1,
         update: HanUpdate = "parallel",
         projection: HanProjection = "linear",
+        input_norm: HanInputNorm = "none",
     ) -> None:
         super().__init__()
         if d_model % heads != 0:
@@ -123,10 +136,10 @@ class HAN(nn.Module):
                 f"HAN: {heads} attention heads do not divide d_model={d_model}; "
                 "set stages.train.han.heads to a divisor of d_model"
             )
-        if update not in ("parallel", "sequential") or projection not in ("linear", "mlp"):
+        if update not in ("parallel", "sequential") or projection not in ("linear", "mlp") or input_norm not in ("none", "standardize"):
             raise InvalidInputError(
                 f"HAN: update must be 'parallel' or 'sequential' (got {update!r}), "
-                f"projection 'linear' or 'mlp' (got {projection!r})"
+                f"projection 'linear' or 'mlp' (got {projection!r}), input_norm 'none' or 'standardize' (got {input_norm!r})"
             )
         self.n_classes = n_classes
         self.update = update
@@ -135,8 +148,13 @@ class HAN(nn.Module):
         self.config = {
             "n_classes": n_classes, "audio_dim": audio_dim, "visual2d_dim": visual2d_dim, "visual3d_dim": visual3d_dim,
             "d_model": d_model, "ffn": ffn, "heads": heads, "layers": layers, "dropout": dropout,
-            "update": update, "projection": projection,
+            "update": update, "projection": projection, "input_norm": input_norm,
         }
+        self.input_norm = input_norm
+        if input_norm == "standardize":  # identity until `set_input_statistics`
+            for stream, dim in zip(INPUT_STREAMS, (audio_dim, visual2d_dim, visual3d_dim), strict=True):
+                self.register_buffer(f"{stream}_mean", torch.zeros(dim))
+                self.register_buffer(f"{stream}_std", torch.ones(dim))
         self.fc_a: nn.Module
         if projection == "mlp":
             self.fc_a = nn.Sequential(nn.Linear(audio_dim, 2 * d_model), nn.ReLU(), nn.Linear(2 * d_model, d_model))
@@ -168,7 +186,28 @@ class HAN(nn.Module):
             dropout=settings.dropout,
             update=settings.update,
             projection=settings.projection,
+            input_norm=settings.input_norm,
         )
+
+    @torch.no_grad()
+    def set_input_statistics(
+        self, audio: Tensor, visual2d: Tensor, visual3d: Tensor, padding_mask: Tensor | None = None
+    ) -> None:
+        """Set the `standardize` buffers from training inputs (as `forward` takes them), over their
+        real segments; 2-D frames are averaged first, as `encode` does before standardising."""
+        if self.input_norm != "standardize":
+            raise ValueError(f"HAN.set_input_statistics: input_norm is {self.input_norm!r}, not 'standardize'")
+        real = None if padding_mask is None else ~padding_mask.to(audio.device)
+        for stream, values in zip(INPUT_STREAMS, (audio, visual2d, visual3d), strict=True):
+            if values.dim() == 4:
+                values = values.mean(dim=2)
+            rows = (values if real is None else values[real]).reshape(-1, values.shape[-1]).double()
+            if rows.shape[0] < 2:
+                raise ValueError(f"HAN.set_input_statistics: {stream} has {rows.shape[0]} real segments; need at least 2")
+            mean, std = rows.mean(dim=0), rows.std(dim=0)
+            std = std.clamp_min(STD_FLOOR_FRACTION * float(std.mean()) + 1e-12)
+            getattr(self, f"{stream}_mean").copy_(mean)
+            getattr(self, f"{stream}_std").copy_(std)
 
     def encode(
         self, audio: Tensor, visual2d: Tensor, visual3d: Tensor, padding_mask: Tensor | None = None
@@ -181,6 +220,13 @@ class HAN(nn.Module):
             raise ValueError(
                 f"HAN: inputs disagree on (batch, segments): audio {tuple(audio.shape)}, "
                 f"visual2d {tuple(visual2d.shape)}, visual3d {tuple(visual3d.shape)}"
+            )
+        if self.input_norm == "standardize":
+            if visual2d.dim() == 4:
+                visual2d = visual2d.mean(dim=2)
+            audio, visual2d, visual3d = (
+                (values - getattr(self, f"{stream}_mean").to(dtype)) / getattr(self, f"{stream}_std").to(dtype)
+                for stream, values in zip(INPUT_STREAMS, (audio, visual2d, visual3d), strict=True)
             )
         a = self.fc_a(audio)
         v = self.project_visual(visual2d, visual3d)

@@ -103,7 +103,8 @@ def han_train_inputs(catalog: Catalog) -> HanInputs:
 def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
     from uwav.devices import effective_precision, resolve_device
     from uwav.training.han_train import score_han, train_han
-    from uwav.training.health import health_warnings
+    from uwav.training.data import padding_mask_from_lengths
+    from uwav.training.health import health_warnings, input_spread
 
     inputs = han_train_inputs(catalog)
     settings = train_settings(catalog)
@@ -113,7 +114,13 @@ def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
     history.write_text(json.dumps(result.history, indent=1))
     val = inputs.data.val
     scored = score_han(result.model, val, task, decision=settings.decision, precision=settings.precision)
-    warnings = health_warnings(scored.pred_audio, scored.pred_visual, val.gt_audio, val.gt_visual)
+    train = inputs.data.train
+    mask = None if train.lengths is None else padding_mask_from_lengths(train.lengths, train.n_segments)
+    spread = input_spread(dict(zip(HAN_INPUT_FEATURES[settings.han.inputs], (train.audio, train.visual2d, train.visual3d), strict=True)), mask)
+    warnings = health_warnings(
+        scored.pred_audio, scored.pred_visual, val.gt_audio, val.gt_visual,
+        spread=spread, standardized=settings.han.input_norm == "standardize",
+    )
     for warning in warnings:
         log.warning("train: %s", warning)
     return StageResult(

@@ -225,7 +225,12 @@ def train_han(
     score_key = "val_ave_accuracy" if task == "ave" else "val_seg_type"
 
     with seeded(settings.seed, device):
-        model = HAN.from_settings(settings.han, data.n_classes, *data.train.widths).to(device)
+        model = HAN.from_settings(settings.han, data.n_classes, *data.train.widths)
+        if settings.han.input_norm == "standardize":
+            train = data.train
+            mask = None if train.lengths is None else padding_mask_from_lengths(train.lengths, train.n_segments)
+            model.set_input_statistics(train.audio, train.visual2d, train.visual3d, mask)
+        model = model.to(device)
         identity = {
             "stage": STAGE,
             "task": task,
