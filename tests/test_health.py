@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from uwav.evaluation.protocol import predict_nothing_scores
-from uwav.training.health import health_warnings, input_spread
+from uwav.training.health import collapse_warning, health_warnings, input_spread
 
 
 def truth(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -71,3 +71,12 @@ def test_nearly_constant_inputs_are_named_with_the_setting_when_a_model_fails() 
     # Not when the HAN already standardises them, nor for a healthy model.
     assert not any("nearly constant" in w for w in health_warnings(nothing, nothing, audio, visual, spread=spread, standardized=True))
     assert health_warnings(audio, visual, audio, visual, spread=spread) == []
+
+
+def test_collapse_is_judged_against_predicting_nothing_on_the_same_split() -> None:
+    assert collapse_warning(12.0, 11.1, "test") == (
+        "collapsed: test seg Type@AV 12.0 is at the predict-nothing level 11.1; likely causes: too few or "
+        "too easy-to-ignore positive pseudo-labels, a learning rate too high for the batch size, too few "
+        "training videos or epochs"
+    )
+    assert collapse_warning(12.2, 11.1, "test") is None  # more than COLLAPSE_MARGIN above

@@ -19,6 +19,7 @@ from uwav.stages import STAGES, StageError, compute_fingerprints, plan, run_pipe
 from uwav.stages.evaluate import NOTHING_REFERENCE, PSEUDO_LABELS_REFERENCE
 from uwav.stages.inputs import dataset_tables
 from uwav.training.checkpoints import load_checkpoint
+from uwav.training.health import collapse_warning
 from uwav.workspace import dense_truth
 
 SIZES = {"mode": "features", "seed": 3, "n_pretrain": 40, "n_train": 60, "n_val": 20, "n_test": 20}
@@ -106,6 +107,10 @@ def test_full_pipeline_outputs(finished_run: Path) -> None:
     assert references[NOTHING_REFERENCE] == pytest.approx(predict_nothing_scores(truth["audio"], truth["visual"]))
     assert references[NOTHING_REFERENCE] != references[PSEUDO_LABELS_REFERENCE]
     assert NOTHING_REFERENCE in report and PSEUDO_LABELS_REFERENCE in report
+    # The collapse check again on the test split, against that reference; named in the report if found.
+    expected = collapse_warning(scores["seg_type"], references[NOTHING_REFERENCE]["seg_type"], "test")
+    assert evaluate.metrics["health_warnings"] == ([expected] if expected else [])
+    assert all(warning.split(";")[0] in report for warning in evaluate.metrics["health_warnings"])
 
 
 def test_unchanged_catalog_is_a_no_op(finished_run: Path) -> None:

@@ -235,6 +235,9 @@ def demo(
     shutil.copyfile(record.outputs["report"], out / "report.html")
     typer.echo(f"{loaded.stages.evaluate.split} split, {record.metrics['videos']} videos:")
     typer.echo(format_scores_table(scores, references=record.metrics.get("references")))
+    train_warnings = state_dir(loaded).record("train").metrics.get("health_warnings", [])  # type: ignore[union-attr]
+    for warning in [*train_warnings, *record.metrics.get("health_warnings", [])]:
+        typer.echo(f"warning: {warning}")
     if grown:
         for line in retrain_report(loaded, grown):
             typer.echo(line)

@@ -80,10 +80,12 @@ NOTHING_REFERENCE = "predict nothing"
 @dataclass(frozen=True)
 class ModelEvaluation:
     """`references`: scores on the same videos of predicting nothing and, where the pipeline has
-    made them, of the binary pseudo-labels (`reference_scores`)."""
+    made them, of the binary pseudo-labels (`reference_scores`); `health_warnings`: the collapse
+    warning when the model is at the predict-nothing level there."""
 
     scores: dict[str, float]
     references: dict[str, dict[str, float]]
+    health_warnings: list[str]  # the model at the predict-nothing level on the evaluated split
     outputs: EvaluateOutputs
     videos: int
     excluded_videos: int
@@ -134,6 +136,7 @@ def evaluate_model(
     import numpy as np
 
     from uwav.training.han_train import score_han
+    from uwav.training.health import collapse_warning
 
     settings = catalog.stages.evaluate
     tables = dataset_tables(catalog, "target")
@@ -152,15 +155,19 @@ def evaluate_model(
         video_prob=evaluation.video_prob,
     )
     references = reference_scores(catalog, split.video_ids, labelled)
+    collapse = collapse_warning(evaluation.scores["seg_type"], references[NOTHING_REFERENCE]["seg_type"], settings.split)
+    if collapse:
+        log.warning("evaluate: %s", collapse)
     timelines = out_dir / "timelines"
     report = _write_report(
         catalog, out_dir, timelines, tables, split.video_ids, labelled, evaluation, references, history,
         pseudo_label_quality,
-        [f"catalog: {catalog.base_dir}", f"model: {source}", *notes, f"{len(split.video_ids)} evaluated videos"],
+        [f"catalog: {catalog.base_dir}", f"model: {source}", *notes,
+         *([f"health warning: {collapse}"] if collapse else []), f"{len(split.video_ids)} evaluated videos"],
     )
     return ModelEvaluation(
-        evaluation.scores, references, EvaluateOutputs(metrics_path, predictions_path, report, timelines),
-        len(split.video_ids), split.excluded,
+        evaluation.scores, references, [collapse] if collapse else [],
+        EvaluateOutputs(metrics_path, predictions_path, report, timelines), len(split.video_ids), split.excluded,
     )
 
 
@@ -187,8 +194,8 @@ def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
     )
     return StageResult(
         result.outputs,
-        {"scores": result.scores, "references": result.references, "videos": result.videos,
-         "excluded_videos": result.excluded_videos},
+        {"scores": result.scores, "references": result.references, "health_warnings": result.health_warnings,
+         "videos": result.videos, "excluded_videos": result.excluded_videos},
     )
 
 

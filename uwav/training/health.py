@@ -1,6 +1,7 @@
 """Training health: say when a trained HAN learned nothing useful, instead of letting a report look fine.
 
-Two symptoms, checked on the validation split with the selected (best) model:
+Two symptoms, checked on the validation split with the selected (best) model (the evaluate
+stage checks the first again on its own split, since the best validation epoch is an optimistic pick):
 - collapse: its segment-level Type@AV is no better than predicting nothing at all (every segment
   negative) on the same split;
 - one answer for everything: every validation video gets the same set of predicted classes.
@@ -37,6 +38,18 @@ def input_spread(inputs: Mapping[str, torch.Tensor], padding_mask: torch.Tensor 
     return spread
 
 
+def collapse_warning(score: float, nothing: float, split: str) -> str | None:
+    """The collapse symptom for a seg Type@AV `score` against predicting nothing on the same
+    `split` (`nothing`), with its likely causes; None when the model is clear of it."""
+    if score > nothing + COLLAPSE_MARGIN:
+        return None
+    return (
+        f"collapsed: {split} seg Type@AV {score:.1f} is at the predict-nothing level {nothing:.1f}; "
+        "likely causes: too few or too easy-to-ignore positive pseudo-labels, a learning rate too high "
+        "for the batch size, too few training videos or epochs"
+    )
+
+
 def health_warnings(
     pred_audio: np.ndarray,
     pred_visual: np.ndarray,
@@ -50,15 +63,9 @@ def health_warnings(
 
     `spread`: the training inputs' `input_spread`; `standardized`: whether the HAN standardises
     its inputs (`stages.train.han.input_norm`), in which case their spread does not matter."""
-    warnings = []
     score = avvp_scores(pred_audio, pred_visual, gt_audio, gt_visual)["seg_type"]
-    floor = predict_nothing_scores(gt_audio, gt_visual)["seg_type"]
-    if score <= floor + COLLAPSE_MARGIN:
-        warnings.append(
-            f"collapsed: validation seg Type@AV {score:.1f} is at the predict-nothing level {floor:.1f}; "
-            "likely causes: too few or too easy-to-ignore positive pseudo-labels, a learning rate too high "
-            "for the batch size, too few training videos or epochs"
-        )
+    collapse = collapse_warning(score, predict_nothing_scores(gt_audio, gt_visual)["seg_type"], "validation")
+    warnings = [collapse] if collapse else []
     per_video = np.concatenate([np.any(pred_audio, axis=1), np.any(pred_visual, axis=1)], axis=1)  # (N, 2C)
     if len(per_video) > 1 and per_video.any() and (per_video == per_video[0]).all():
         classes = int(per_video[0].sum())
