@@ -47,6 +47,7 @@ INPUT_STREAMS: tuple[str, str, str] = ("audio", "visual2d", "visual3d")
 # A dimension's standard deviation is floored at this fraction of the mean over dimensions, so
 # that a (nearly) constant training dimension cannot blow up unseen inputs.
 STD_FLOOR_FRACTION = 1e-3
+STATISTICS_CHUNK_ROWS = 65536
 
 # The released configurations, as HAN constructor arguments (d_model and the input dims come from
 # the data, or from a released state dict's shapes). Sources: AVVP-ECCV20 `MMIL_Net`; VALOR
@@ -201,10 +202,18 @@ class HAN(nn.Module):
         for stream, values in zip(INPUT_STREAMS, (audio, visual2d, visual3d), strict=True):
             if values.dim() == 4:
                 values = values.mean(dim=2)
-            rows = (values if real is None else values[real]).reshape(-1, values.shape[-1]).double()
+            rows = (values if real is None else values[real]).reshape(-1, values.shape[-1])
             if rows.shape[0] < 2:
                 raise ValueError(f"HAN.set_input_statistics: {stream} has {rows.shape[0]} real segments; need at least 2")
-            mean, std = rows.mean(dim=0), rows.std(dim=0)
+            # float64 sums over chunks: exact enough, without a float64 copy of a whole training set.
+            total = torch.zeros(rows.shape[1], dtype=torch.float64, device=rows.device)
+            squares = torch.zeros_like(total)
+            for chunk in rows.split(STATISTICS_CHUNK_ROWS):
+                chunk = chunk.double()
+                total += chunk.sum(dim=0)
+                squares += (chunk * chunk).sum(dim=0)
+            mean = total / rows.shape[0]
+            std = ((squares - rows.shape[0] * mean * mean) / (rows.shape[0] - 1)).clamp_min(0).sqrt()
             std = std.clamp_min(STD_FLOOR_FRACTION * float(std.mean()) + 1e-12)
             getattr(self, f"{stream}_mean").copy_(mean)
             getattr(self, f"{stream}_std").copy_(std)
