@@ -108,24 +108,26 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def prefect_server() -> object:
-    """One temporary Prefect server (SQLite) for the whole session; start-up takes ~25 s."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    # None: wait as long as PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS says (set above).
-    with prefect_test_harness(server_startup_timeout=None):
-        yield
-
-
-@pytest.fixture(scope="session")
 def loopback_server(tmp_path_factory: pytest.TempPathFactory) -> object:
-    """One `prefect server start` on a loopback port for the tests that drive real Prefect
-    processes (`tests.prefect_processes.LoopbackServer`); started on first use."""
+    """The session's one Prefect server (SQLite), `prefect server start` on a loopback port
+    (`tests.prefect_processes.LoopbackServer`); started on first use (~20 s), again if a test
+    stopped it."""
     from tests.prefect_processes import LoopbackServer
 
     server = LoopbackServer(tmp_path_factory.mktemp("loopback-prefect"))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def prefect_server(loopback_server: object) -> object:
+    """This process's Prefect API is the session's server, for flows run in the test process (a
+    `prefect_test_harness` would start a second server)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    server = loopback_server.running()  # type: ignore[attr-defined]
+    with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{server.port}/api"}):
+        yield
 
 
 @pytest.fixture
