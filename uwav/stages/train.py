@@ -103,7 +103,6 @@ def han_train_inputs(catalog: Catalog) -> HanInputs:
 def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
     from uwav.devices import effective_precision, resolve_device
     from uwav.training.han_train import score_han, train_han
-    from uwav.training.data import padding_mask_from_lengths
     from uwav.training.health import health_warnings, input_spread
 
     inputs = han_train_inputs(catalog)
@@ -115,8 +114,8 @@ def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
     val = inputs.data.val
     scored = score_han(result.model, val, task, decision=settings.decision, precision=settings.precision)
     train = inputs.data.train
-    mask = None if train.lengths is None else padding_mask_from_lengths(train.lengths, train.n_segments)
-    spread = input_spread(dict(zip(HAN_INPUT_FEATURES[settings.han.inputs], (train.audio, train.visual2d, train.visual3d), strict=True)), mask)
+    streams = (train.audio, train.visual2d, train.visual3d)
+    spread = input_spread(dict(zip(HAN_INPUT_FEATURES[settings.han.inputs], streams, strict=True)), train.padding_mask)
     warnings = health_warnings(
         scored.pred_audio, scored.pred_visual, val.gt_audio, val.gt_visual,
         spread=spread, standardized=settings.han.input_norm == "standardize",

@@ -168,6 +168,11 @@ class HanFeatures:
         """(audio, visual2d, visual3d) feature widths."""
         return self.audio.shape[2], self.visual2d.shape[2], self.visual3d.shape[2]
 
+    @property
+    def padding_mask(self) -> Tensor | None:
+        """(N, T) bool, True at padded segments; None when every video has all T segments."""
+        return None if self.lengths is None else padding_mask_from_lengths(self.lengths, self.n_segments)
+
     def tensors(self) -> dict[str, Tensor]:
         found = {"audio": self.audio, "visual2d": self.visual2d, "visual3d": self.visual3d}
         if self.lengths is not None:

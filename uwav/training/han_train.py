@@ -73,8 +73,7 @@ def class_balance_for(data: HanTrainData, settings: TrainSettings) -> tuple[Clas
     """Eq. 18-19 per modality over the whole training set (None when re-weighting is off)."""
     if not settings.reweight:
         return None, None
-    features = data.train
-    mask = None if features.lengths is None else padding_mask_from_lengths(features.lengths, features.n_segments)
+    mask = data.train.padding_mask
     return tuple(  # type: ignore[return-value]
         class_balance_weights(data.binary_labels[:, :, modality], settings.reweight_w, mask, settings.reweight_form)
         for modality in (AUDIO, VISUAL)
@@ -168,8 +167,8 @@ def score_han(
         raise ValueError("score_han: AVE accuracy needs videos of equal length (the split has padded videos)")
     segment_prob, video_prob = predict_han(model, features, batch_size=batch_size, precision=precision)
     pred_audio, pred_visual = llp_decisions(segment_prob, video_prob, threshold, decision)
-    if features.lengths is not None:
-        real = ~padding_mask_from_lengths(features.lengths, features.n_segments).numpy()[:, :, None]
+    if features.padding_mask is not None:
+        real = ~features.padding_mask.numpy()[:, :, None]
         pred_audio, pred_visual = pred_audio & real, pred_visual & real
     scores = avvp_scores(pred_audio, pred_visual, split.gt_audio, split.gt_visual)
     if task == "ave":
@@ -228,8 +227,7 @@ def train_han(
         model = HAN.from_settings(settings.han, data.n_classes, *data.train.widths)
         if settings.han.input_norm == "standardize":
             train = data.train
-            mask = None if train.lengths is None else padding_mask_from_lengths(train.lengths, train.n_segments)
-            model.set_input_statistics(train.audio, train.visual2d, train.visual3d, mask)
+            model.set_input_statistics(train.audio, train.visual2d, train.visual3d, train.padding_mask)
         model = model.to(device)
         identity = {
             "stage": STAGE,
