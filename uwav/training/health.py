@@ -32,7 +32,8 @@ def input_spread(inputs: Mapping[str, torch.Tensor], padding_mask: torch.Tensor 
     real segment's vector from the mean vector, over the mean vector length (0: all alike)."""
     spread = {}
     for name, values in inputs.items():
-        rows = (values if padding_mask is None else values[~padding_mask]).reshape(-1, values.shape[-1]).double()
+        # float32, as stored: a diagnostic ratio needs no float64 copy of a whole training set
+        rows = (values if padding_mask is None else values[~padding_mask]).reshape(-1, values.shape[-1]).float()
         size = float(rows.norm(dim=1).mean())
         spread[name] = float((rows - rows.mean(dim=0)).norm(dim=1).mean()) / size if size > 0 else 0.0
     return spread
