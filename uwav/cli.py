@@ -206,7 +206,8 @@ def demo(
 
     from uwav.demo import grow_demo, retrain_report, write_demo_catalog
     from uwav.evaluation.report import format_scores_table
-    from uwav.stages import run_pipeline, state_dir
+    from uwav.stages import run_pipeline
+    from uwav.stages.planner import stage_record
     from uwav.stages.promotion import promote_model
 
     if out.exists() and not out.is_dir():
@@ -228,14 +229,13 @@ def demo(
         run_pipeline(loaded, progress=True)
         promote_model(loaded, only_if_better=retrain)
     loaded = load_catalog(catalog_path)
-    record = state_dir(loaded).record("evaluate")
-    assert record is not None, "the evaluate stage left no record"
+    record = stage_record(loaded, "evaluate")
     scores = record.metrics["scores"]
     (out / "metrics.json").write_text(json.dumps(scores, indent=1))
     shutil.copyfile(record.outputs["report"], out / "report.html")
     typer.echo(f"{loaded.stages.evaluate.split} split, {record.metrics['videos']} videos:")
     typer.echo(format_scores_table(scores, references=record.metrics.get("references")))
-    train_warnings = state_dir(loaded).record("train").metrics.get("health_warnings", [])  # type: ignore[union-attr]
+    train_warnings = stage_record(loaded, "train").metrics.get("health_warnings", [])
     for warning in [*train_warnings, *record.metrics.get("health_warnings", [])]:
         typer.echo(f"warning: {warning}")
     if grown:
