@@ -36,10 +36,14 @@ ID_ALPHABET = string.ascii_letters + string.digits + "_-"
 ID_LENGTH = 11
 
 
+def _key_digest(*parts: str | int) -> bytes:
+    """SHA-256 of `parts`: the same in every process (Python's `hash` is salted)."""
+    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+
+
 def stable_hash(*parts: str | int) -> int:
-    """A 63-bit hash of `parts` that is the same in every process (Python's `hash` is salted)."""
-    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+    """A 63-bit hash of `parts` that is the same in every process."""
+    return int.from_bytes(_key_digest(*parts)[:8], "little") >> 1
 
 
 def rekey(generator: np.random.Generator, seed: int, *parts: str | int) -> np.random.Generator:
@@ -48,7 +52,7 @@ def rekey(generator: np.random.Generator, seed: int, *parts: str | int) -> np.ra
     A key gives the same stream as `derived_rng` gives for it; re-keying one generator costs a fifth
     of making a new one, which counts for the per-video streams of LLP-scale sets (tens of thousands).
     """
-    digest = hashlib.sha256("\x1f".join(map(str, (seed, *parts))).encode()).digest()
+    digest = _key_digest(seed, *parts)
     generator.bit_generator.state = {
         "bit_generator": "PCG64",
         "state": {"state": int.from_bytes(digest[:16], "little"), "inc": int.from_bytes(digest[16:], "little") | 1},
