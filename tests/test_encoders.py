@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,7 @@ from uwav.features.encoders import (
     load_checkpoint,
     model_config,
 )
+from uwav.features import encoders as encoders_module
 
 CPU = torch.device("cpu")
 TINY = EncodersConfig(
@@ -68,11 +72,27 @@ def test_tiny_encoders_build_offline_with_the_feature_shapes(tiny: Encoders, inp
         assert not np.allclose(value[0], value[1]), f"{name}: different inputs must give different embeddings"
     assert tiny.clip.encode_text(["A photo of Dog", "A photo of Cat"]).shape == (2, 64)
     assert tiny.clap.encode_text(["This is the sound of Dog"]).shape == (1, 64)
-    assert {encoder.identity for encoder in tiny.active()} == {
-        "clip/uwav-tiny-clip/random_init=seed0",
-        "clap/uwav-tiny-clap/random_init=seed0",
-        "r2plus1d/uwav-tiny-r2plus1d/random_init=seed0",
-    }
+    for encoder in tiny.active():
+        name = f"{encoder.feature}/uwav-tiny-{encoder.feature}"
+        assert re.fullmatch(rf"{name}/random_init=seed0/config=[0-9a-f]{{12}}", encoder.identity), encoder.identity
+
+
+def test_an_edited_model_config_is_another_encoder_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Random-init weights under the same config name but another architecture are another
+    encoder: a store must not serve the old network's features for it (found when a tiny config
+    was edited and the features stage kept every stored video as complete)."""
+    configs = tmp_path / "model_configs"
+    shutil.copytree(encoders_module.MODEL_CONFIG_DIR, configs)
+    monkeypatch.setattr(encoders_module, "MODEL_CONFIG_DIR", configs)
+    config = EncoderConfig(name="uwav-tiny-r2plus1d", random_init=True)
+    before = build_video_encoder(config, CPU).identity
+    assert build_video_encoder(config, CPU).identity == before  # stable for the same content
+    path = configs / "uwav-tiny-r2plus1d.json"
+    edited = json.loads(path.read_text())
+    edited["video_cfg"]["layers"] = [1, 1, 2, 1]
+    path.write_text(json.dumps(edited))
+    after = build_video_encoder(config, CPU).identity
+    assert after != before and after.startswith("r2plus1d/uwav-tiny-r2plus1d/random_init=seed0/config=")
 
 
 def test_bf16_precision_autocasts_the_encoders(tiny: Encoders, inputs: dict[str, np.ndarray], native_bf16: None) -> None:
@@ -80,7 +100,7 @@ def test_bf16_precision_autocasts_the_encoders(tiny: Encoders, inputs: dict[str,
     bf16 = EncodersConfig(**{name: getattr(TINY, name).model_copy(update={"precision": "bf16"}) for name in ("clip", "clap", "r2plus1d")})
     reduced_encoders = build_encoders(bf16, "cpu", features=["clip"])
     # A store refuses features of another encoder identity: bf16 ones never mix with float32 ones.
-    assert reduced_encoders.clip.identity == "clip/uwav-tiny-clip/random_init=seed0/bf16"
+    assert reduced_encoders.clip.identity == tiny.clip.identity + "/bf16"
     reduced = _encode(reduced_encoders, inputs)["clip"]
     full = _encode(tiny, inputs)["clip"]
     assert reduced.dtype == np.float32 and not np.array_equal(reduced, full)
@@ -329,7 +349,7 @@ def test_clap_fusion_model_reads_laion_clap_mel_fusion_input() -> None:
 
     config = EncoderConfig(name="uwav-tiny-clap-fusion", random_init=True, fusion=True)
     encoder = build_clap_encoder(config, CPU)
-    assert encoder.fusion and encoder.identity == "clap/uwav-tiny-clap-fusion/random_init=seed0/fusion"
+    assert encoder.fusion and re.fullmatch(r"clap/uwav-tiny-clap-fusion/random_init=seed0/config=[0-9a-f]{12}/fusion", encoder.identity)
     assert "audio_branch.patch_embed.mel_conv2d.weight" in encoder.model.state_dict()  # the fusion layers exist
     waves = (0.3 * np.random.default_rng(4).standard_normal((2, 16000))).astype(np.float32)
     padded = encoder.preprocess(waves)

@@ -152,7 +152,7 @@ def test_a_store_computed_by_another_encoder_is_refused(encoders: Encoders, tmp_
     checkpoint = tmp_path / "clip.safetensors"
     save_file(encoders.clip.model.state_dict(), str(checkpoint))
     other = build_clip_encoder(EncoderConfig(name="uwav-tiny-clip", checkpoint=str(checkpoint)), torch.device("cpu"))
-    with pytest.raises(FeatureStoreError, match="was computed by encoder 'clip/uwav-tiny-clip/random_init=seed0'"):
+    with pytest.raises(FeatureStoreError, match="was computed by encoder 'clip/uwav-tiny-clip/random_init=seed0/config="):
         extract_features(manifest([("v", path, 1)]), store, Encoders(clip=other), SETTINGS, QuarantineLog())
 
 

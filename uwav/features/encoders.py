@@ -169,10 +169,15 @@ def _checkpoint_path(config: EncoderConfig, base_dir: Path | None) -> Path:
     return path if path.is_absolute() or base_dir is None else base_dir / path
 
 
-def _identity(feature: str, config: EncoderConfig, base_dir: Path | None) -> str:
-    """Names the weights: model config + source (tag, checkpoint content hash, or random-init seed),
-    plus `/fusion` for CLAP's fusion model and `/bf16` for bfloat16 features, so that a store never
-    mixes features of different models or precisions."""
+def _identity(feature: str, config: EncoderConfig, base_dir: Path | None, model_cfg: dict[str, Any]) -> str:
+    """Names the weights: model config name + source (tag, checkpoint content hash, or random-init
+    seed and a digest of the config's content), plus `/fusion` for CLAP's fusion model and `/bf16`
+    for bfloat16 features, so that a store never mixes features of different models or precisions.
+
+    Random-init weights need the content digest: an edited `model_configs/*.json` under the same
+    name is another network whose features must not be served from the store. Loaded weights pin
+    the architecture themselves (a checkpoint of another shape does not load), so their identities
+    stay as they were and existing stores of real features remain valid."""
     if config.pretrained is not None:
         source = f"pretrained={config.pretrained}"
     elif config.checkpoint is not None:
@@ -181,7 +186,8 @@ def _identity(feature: str, config: EncoderConfig, base_dir: Path | None) -> str
             raise EncoderError(f"{feature} encoder {config.name!r}: checkpoint file {path} does not exist")
         source = f"checkpoint=sha256:{file_digest(path)}"
     else:
-        source = f"random_init=seed{RANDOM_INIT_SEED}"
+        config_digest = hashlib.sha256(json.dumps(model_cfg, sort_keys=True).encode()).hexdigest()[:12]
+        source = f"random_init=seed{RANDOM_INIT_SEED}/config={config_digest}"
     variant = ("/fusion" if config.fusion else "") + ("/bf16" if config.precision == "bf16" else "")
     return f"{feature}/{config.name}/{source}{variant}"
 
@@ -342,7 +348,7 @@ def build_clip_encoder(config: EncoderConfig, device: torch.device, *, base_dir:
             f"CLIP model config {config.name!r} not found in open_clip's registry "
             f"(nor in {MODEL_CONFIG_DIR}); known: {', '.join(open_clip.list_models()[:12])}, ..."
         )
-    identity = _identity("clip", config, base_dir)
+    identity = _identity("clip", config, base_dir, open_clip.get_model_config(config.name))
     with _seeded():
         if config.pretrained is not None:
             _require_cached_open_clip_weights(config.name, config.pretrained)
@@ -566,7 +572,7 @@ def build_clap_encoder(config: EncoderConfig, device: torch.device, *, base_dir:
             f"CLAP {config.name!r}: `fusion` needs an HTSAT audio branch (laion_clap's PANN fusion models "
             "pick random chunks even in evaluation); the fusion checkpoints are HTSAT-tiny"
         )
-    identity = _identity("clap", config, base_dir)
+    identity = _identity("clap", config, base_dir, model_cfg)
     with _seeded():
         model, _ = clap_module.factory.create_model(
             config.name, text_model_type, pretrained="", precision="fp32", device=torch.device("cpu"),
@@ -625,7 +631,7 @@ def build_vggish_encoder(config: EncoderConfig, device: torch.device, *, base_di
             f"VGGish {config.name!r}: weights come from a local checkpoint file (torchvggish's state dict, "
             f"e.g. vggish.pth) or random_init; pretrained tag {config.pretrained!r} is not supported"
         )
-    identity = _identity("vggish", config, base_dir)
+    identity = _identity("vggish", config, base_dir, cfg)
     path = _checkpoint_path(config, base_dir) if config.checkpoint is not None else None
     state = canonical_state(read_state_dict(path)) if path is not None else {}
     with _seeded():
@@ -768,7 +774,7 @@ _Frames = TypeVar("_Frames", VideoEncoder, ImageEncoder)
 
 def _build_frames_encoder(kind: type[_Frames], config: EncoderConfig, device: torch.device, base_dir: Path | None) -> _Frames:
     cfg = model_config(config.name, kind.config_section, kind.what)
-    identity = _identity(kind.feature, config, base_dir)
+    identity = _identity(kind.feature, config, base_dir, cfg)
     with _seeded():
         model = kind.build_network(cfg)
     what = f"{kind.what} {config.name!r}"
