@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from uwav.catalog import EncoderConfig, EncodersConfig
+from uwav.features import configs as model_configs
 from uwav.features.encoders import (
     EncoderError,
     Encoders,
@@ -25,7 +26,6 @@ from uwav.features.encoders import (
     load_checkpoint,
     model_config,
 )
-from uwav.features import encoders as encoders_module
 
 CPU = torch.device("cpu")
 TINY = EncodersConfig(
@@ -82,8 +82,8 @@ def test_an_edited_model_config_is_another_encoder_identity(tmp_path: Path, monk
     encoder: a store must not serve the old network's features for it (found when a tiny config
     was edited and the features stage kept every stored video as complete)."""
     configs = tmp_path / "model_configs"
-    shutil.copytree(encoders_module.MODEL_CONFIG_DIR, configs)
-    monkeypatch.setattr(encoders_module, "MODEL_CONFIG_DIR", configs)
+    shutil.copytree(model_configs.MODEL_CONFIG_DIR, configs)
+    monkeypatch.setattr(model_configs, "MODEL_CONFIG_DIR", configs)
     config = EncoderConfig(name="uwav-tiny-r2plus1d", random_init=True)
     before = build_video_encoder(config, CPU).identity
     assert build_video_encoder(config, CPU).identity == before  # stable for the same content

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from uwav.catalog import load_catalog
+from uwav.features import configs as model_configs
 from uwav.stages import STAGES, compute_fingerprints, stage_code_files
 from uwav.stages.planner import PACKAGE_ROOT
 
@@ -53,6 +55,31 @@ def test_editing_the_han_loss_leaves_stage_one_fresh(tmp_path: Path) -> None:
 )
 def test_other_edits_reach_exactly_the_stages_that_run_them(tmp_path: Path, module: str, stale: list[str]) -> None:
     assert stale_after_editing(tmp_path, module) == stale
+
+
+@pytest.mark.parametrize(
+    ("config", "stale"),
+    [
+        ("uwav-tiny-clip", ["features", "pretrain", "calibrate", "pseudo_labels", "train", "evaluate"]),
+        ("uwav-tiny-vggish", ["features"]),  # not configured here: its features are not computed
+    ],
+)
+def test_an_edited_model_config_restales_what_its_features_feed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config: str, stale: list[str]
+) -> None:
+    """Stage 1 reads the pre-training videos' features, not the features stage's result (new
+    target videos must not retrain it), so it names the configured encoders' configs itself: an
+    edited tiny CLIP config under the same name is another network (found when the features were
+    re-encoded and the generator trained on the old ones stayed fresh)."""
+    tiny = {name: {"name": f"uwav-tiny-{name}", "random_init": True} for name in ("clip", "clap", "r2plus1d")}
+    catalog = load_catalog(write_catalog(tmp_path, {**small_catalog(), "encoders": tiny}))
+    before = compute_fingerprints(catalog, source_copy(tmp_path / "before"))
+    edited = source_copy(tmp_path / "after")
+    path = edited / "features" / "model_configs" / f"{config}.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "embed_dim": 32}))
+    monkeypatch.setattr(model_configs, "MODEL_CONFIG_DIR", edited / "features" / "model_configs")
+    after = compute_fingerprints(catalog, edited)
+    assert [stage for stage in STAGES if before[stage] != after[stage]] == stale
 
 
 def test_lazy_imports_and_package_data_count() -> None:

@@ -49,9 +49,9 @@ from torch import nn
 from uwav.catalog import EncoderConfig, EncodersConfig
 from uwav.devices import autocast, resolve_device
 from uwav.errors import UwavError
+from uwav.features import configs
 from uwav.features.vggish import VggishNet, canonical_state, has_pca, log_mel_examples
 
-MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 # Store feature -> the `uwav.catalog.EncodersConfig` key (and `Encoders` field) of its encoder.
 ENCODER_KEYS: dict[str, str] = {
     "clip": "clip", "clap": "clap", "r2plus1d": "r2plus1d", "vggish": "vggish", "resnet152_mean": "resnet152",
@@ -253,7 +253,7 @@ class _TorchEncoder(ABC):
 def _open_clip() -> ModuleType:
     import open_clip
 
-    open_clip.add_model_config(MODEL_CONFIG_DIR)
+    open_clip.add_model_config(configs.MODEL_CONFIG_DIR)
     return open_clip
 
 
@@ -346,7 +346,7 @@ def build_clip_encoder(config: EncoderConfig, device: torch.device, *, base_dir:
     if open_clip.get_model_config(config.name) is None:
         raise EncoderError(
             f"CLIP model config {config.name!r} not found in open_clip's registry "
-            f"(nor in {MODEL_CONFIG_DIR}); known: {', '.join(open_clip.list_models()[:12])}, ..."
+            f"(nor in {configs.MODEL_CONFIG_DIR}); known: {', '.join(open_clip.list_models()[:12])}, ..."
         )
     identity = _identity("clip", config, base_dir, open_clip.get_model_config(config.name))
     with _seeded():
@@ -396,7 +396,7 @@ def _clap_module() -> ModuleType:
                 "BartModel from `transformers`, so a transformers version that provides them is required"
             ) from exc
     module = sys.modules["clap_module"]
-    module.factory.add_model_config(MODEL_CONFIG_DIR)
+    module.factory.add_model_config(configs.MODEL_CONFIG_DIR)
     return module
 
 
@@ -556,7 +556,7 @@ def build_clap_encoder(config: EncoderConfig, device: torch.device, *, base_dir:
     model_cfg = clap_module.factory._MODEL_CONFIGS.get(config.name)
     if model_cfg is None:
         raise EncoderError(
-            f"CLAP model config {config.name!r} not found in laion_clap's registry (nor in {MODEL_CONFIG_DIR}); "
+            f"CLAP model config {config.name!r} not found in laion_clap's registry (nor in {configs.MODEL_CONFIG_DIR}); "
             f"known: {', '.join(clap_module.factory.list_models())}"
         )
     # laion_clap takes the text branch as an argument; our configs name it in text_cfg.model_type,
@@ -648,10 +648,10 @@ def build_vggish_encoder(config: EncoderConfig, device: torch.device, *, base_di
 def model_config(name: str, section: str, what: str) -> dict[str, Any]:
     """The `section` of `model_configs/<name>.json` (torchvision has no config registry of its own);
     `what` names the kind of model in the error listing the configs that have that section."""
-    known = sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.json") if section in json.loads(p.read_text()))
+    known = sorted(p.stem for p in configs.MODEL_CONFIG_DIR.glob("*.json") if section in json.loads(p.read_text()))
     if name not in known:
-        raise EncoderError(f"{what} config {name!r} not found in {MODEL_CONFIG_DIR}; known: {', '.join(known)}")
-    return json.loads((MODEL_CONFIG_DIR / f"{name}.json").read_text())[section]
+        raise EncoderError(f"{what} config {name!r} not found in {configs.MODEL_CONFIG_DIR}; known: {', '.join(known)}")
+    return json.loads((configs.MODEL_CONFIG_DIR / f"{name}.json").read_text())[section]
 
 
 def build_video_resnet(cfg: dict[str, Any]) -> nn.Module:

@@ -28,6 +28,7 @@ from uwav.caching import StageRecord, StateDir, file_fingerprint, stable_json, t
 from uwav.catalog import Catalog
 from uwav.contracts import StageOutputs
 from uwav.errors import MissingInputError, StageError
+from uwav.features.configs import shipped_model_config
 
 log = logging.getLogger(__name__)
 
@@ -193,9 +194,13 @@ def _features_definition(catalog: Catalog) -> dict[str, Any]:
     for key, root in (("official", stages.features.official_root), ("released", stages.features.released_root)):
         if root is not None and Path(catalog.resolve(root) or "").is_dir():  # type: ignore[arg-type]
             features[key] = listing_fingerprint(Path(catalog.resolve(root)))  # type: ignore[arg-type]
+    encoders = catalog.encoders.model_dump(mode="json")
     return {
         "features": features,
-        "encoders": catalog.encoders.model_dump(mode="json"),
+        "encoders": encoders,
+        # An edited uwav config under the same name is another network (random-init weights
+        # above all); the libraries' own configs change only with their versions.
+        "model_configs": {feature: shipped_model_config(config["name"]) for feature, config in encoders.items()},
         "store": catalog.stores.features,  # as written: a project moved with its stores keeps its cache
         "han_inputs": stages.train.han.inputs,
     }
