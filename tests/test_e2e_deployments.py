@@ -128,9 +128,15 @@ def stage_record(project: Path, stage: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- processes
 
 
-def all_deployments_registered(port: int) -> dict[str, dict[str, Any]] | None:
-    """name -> deployment once every uwav/* deployment is registered, else None."""
-    found = {d["name"]: d for d in api(port, "deployments/filter", {}) if d["name"] in DEPLOYMENT_NAMES}
+def all_deployments_registered(port: int, catalog: Path) -> dict[str, dict[str, Any]] | None:
+    """name -> deployment once every uwav/* deployment is registered for `catalog`, else None.
+    The session's server may hold deployments an earlier test's `uwav serve` registered for its
+    own catalog: running one of those before this serve re-registers it would run that catalog."""
+    found = {
+        d["name"]: d
+        for d in api(port, "deployments/filter", {})
+        if d["name"] in DEPLOYMENT_NAMES and d["parameters"].get("catalog") == str(catalog.resolve())
+    }
     return found if set(found) == DEPLOYMENT_NAMES else None
 
 
@@ -189,7 +195,7 @@ def test_served_deployments_run_the_pipeline_then_retrain_on_new_videos_only(
         started_processes.append(serving)
         deployments = wait_until(
             "the uwav/* deployments",
-            lambda: all_deployments_registered(port),
+            lambda: all_deployments_registered(port, catalog),
             REGISTER_TIMEOUT_S,
             started_processes,
         )
