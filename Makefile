@@ -14,9 +14,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# pytest exits 5 when it collected no tests: that is a failure, not a pass.
+# pytest exits 5 when it collected no tests: that is a failure, not a pass. Two xdist workers:
+# much of the suite waits on subprocesses and Prefect servers, so the 2-core CI machine runs it in
+# ~60 % of the serial time; --dist loadfile keeps a module's fixtures (generated media) in one worker.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not benchmark"; status=$$?; \
+	$(BIN)/python -m pytest -q -m "not benchmark" -n 2 --dist loadfile; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "no tests were collected: failing"; exit 1; fi; exit $$status
 
 demo: $(STAMP)
