@@ -34,15 +34,14 @@ import threading
 from pathlib import Path
 from typing import NoReturn
 
-import httpx
 import psutil
 from prefect.client.orchestration import get_client
 from prefect.deployments.runner import RunnerDeployment
 from prefect.logging import get_logger
 from prefect.runner import Runner
 from prefect.settings import get_current_settings
-from websockets.exceptions import ConnectionClosed
 
+from flows.connection_errors import CONNECTION_ERRORS, connection_errors_on_one_line, one_line
 from flows.pipeline import uwav_flow
 from uwav.catalog import load_catalog
 from uwav.errors import UwavError
@@ -57,8 +56,6 @@ FLOW_RUN_STOP_GRACE_S = 3.0
 LAST_STOP_GRACE_S = 1.0
 API_PROBE_TIMEOUT_S = 3.0
 API_PROBE_INTERVAL_S = 5.0
-# What a vanished server raises (a refused or reset connection, a closed websocket).
-CONNECTION_ERRORS = (httpx.TransportError, ConnectionClosed, OSError)
 
 logger = get_logger("uwav.serve")
 
@@ -102,7 +99,7 @@ def serve_deployments(catalog_path: str | Path, *, limit: int | None, api_grace_
     not answer at the start.
     """
     deployments = build_deployments(catalog_path)
-    _connection_errors_on_one_line()
+    connection_errors_on_one_line()
     asyncio.run(_serve(deployments, limit=limit, api_grace_s=api_grace_s))
 
 
@@ -136,14 +133,14 @@ async def _serve(deployments: list[RunnerDeployment], *, limit: int | None, api_
             serving.cancel()
         await asyncio.wait({serving})
         if not serving.cancelled() and serving.exception() is not None:
-            logger.warning("The runner's shutdown failed: %s", _one_line(_first_leaf(serving.exception())))
+            logger.warning("The runner's shutdown failed: %s", one_line(_first_leaf(serving.exception())))
         return
     if watchdog.done():
         _exit_now(1, watchdog.result())
     # The runner ended by itself: its poll loop gives up after three failed polls, and its teardown
     # has paused the schedules and stopped the flow runs. A fresh `uwav serve` starts over.
     error = serving.exception() if not serving.cancelled() else None
-    _exit_now(1, f"the Prefect runner stopped: {_one_line(_first_leaf(error)) if error else 'no reason given'}")
+    _exit_now(1, f"the Prefect runner stopped: {one_line(_first_leaf(error)) if error else 'no reason given'}")
 
 
 async def _register(runner: Runner, deployments: list[RunnerDeployment]) -> None:
@@ -151,7 +148,7 @@ async def _register(runner: Runner, deployments: list[RunnerDeployment]) -> None
         for deployment in deployments:
             await runner.aadd_deployment(deployment)
     except CONNECTION_ERRORS as error:
-        raise PrefectApiError(f"cannot reach the Prefect API at {_api_url()}: {_one_line(error)}") from None
+        raise PrefectApiError(f"cannot reach the Prefect API at {_api_url()}: {one_line(error)}") from None
     names = ", ".join(f"uwav/{deployment.name}" for deployment in deployments)
     logger.info("Serving %s from %s; stop with SIGTERM or Ctrl-C", names, _api_url())
 
@@ -194,16 +191,11 @@ async def _api_error() -> str | None:
             error = await asyncio.wait_for(client.api_healthcheck(), API_PROBE_TIMEOUT_S)
     except TimeoutError:
         return f"no answer within {API_PROBE_TIMEOUT_S:g} s"
-    return None if error is None else _one_line(error)
+    return None if error is None else one_line(error)
 
 
 def _api_url() -> str:
     return str(get_current_settings().api.url or "the temporary Prefect server")
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def _first_leaf(error: BaseException) -> BaseException:
@@ -248,23 +240,4 @@ def _exit_after(seconds: float, code: int) -> None:
     timer = threading.Timer(seconds, _exit_now, args=(code,), kwargs={"grace_s": LAST_STOP_GRACE_S})
     timer.daemon = True
     timer.start()
-
-
-class _ConnectionErrorOnOneLine(logging.Filter):
-    """A record carrying a connection error (the server went away) loses its traceback: the
-    error's one-line text is appended instead. Other exceptions keep theirs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, CONNECTION_ERRORS):
-            record.msg, record.args = f"{record.getMessage()} ({_one_line(error)})", None
-            record.exc_info, record.exc_text = None, None
-        return True
-
-
-def _connection_errors_on_one_line() -> None:
-    """Prefect logs a lost websocket with its traceback: keep these to one line on stderr."""
-    one_line = _ConnectionErrorOnOneLine()
-    for handler in (*logging.getLogger().handlers, *logging.getLogger("prefect._internal").handlers):
-        handler.addFilter(one_line)
 

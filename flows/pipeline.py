@@ -20,12 +20,17 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import TaskRunContext
 from prefect.filesystems import LocalFileSystem
 
+from flows.connection_errors import connection_errors_on_one_line
 from uwav.catalog import Catalog, load_catalog
 from uwav.stages import STAGES, compute_fingerprints, plan, run_stage, stage_status, state_dir
 from uwav.stages.features import compute_feature_shard, merge_quarantine, pending_feature_shards
 from uwav.stages.promotion import promote_model
 from uwav.stages.segment import cache_probe_results, pending_probe_shards, probe_shard
 from uwav.stages.train import run_ablation_grid
+
+# A flow-run process started by `uwav serve` imports this module to run the flow, after Prefect
+# configured its logging: a lost server then logs one line there too, not a websocket traceback.
+connection_errors_on_one_line()
 
 TRANSIENT_ERRORS = (OSError, TimeoutError)
 PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
