@@ -150,9 +150,10 @@ def test_allocate_refuses_conflicts(tmp_path: Path) -> None:
     store.allocate(["a"], [10], {"clip": (16,)}, encoder_identities={"clip": "ViT-B-32/openai"})
     with pytest.raises(FeatureStoreError, match="'a' is registered with 10 segments"):
         store.allocate(["a"], [9], {})
-    with pytest.raises(FeatureStoreError, match=r"'clip' has segment shape \(16,\)"):
+    # Both say what to do: the configured encoders are not those the stored features came from.
+    with pytest.raises(FeatureStoreError, match=r"'clip' has segment shape \(16,\).*delete this one to encode every video again"):
         store.allocate([], [], {"clip": (32,)})
-    with pytest.raises(FeatureStoreError, match="computed by encoder 'ViT-B-32/openai'"):
+    with pytest.raises(FeatureStoreError, match="computed by encoder 'ViT-B-32/openai'.*point `stores.features` at another store"):
         store.allocate([], [], {"clip": (16,)}, encoder_identities={"clip": "ViT-L-14/openai"})
     with pytest.raises(ValueError, match="at least 1"):
         store.allocate(["empty"], [0], {})

@@ -70,6 +70,12 @@ StoreDtype = Literal["float16", "float32"]
 FORMAT_VERSION = 1
 _TIME_CHUNK_MULTIPLE = 10
 _READ_THREADS = 8  # file reads release the GIL; more threads than cores hide disk latency
+# What to do when the configured encoders are not those a store's features came from (another
+# model config, other weights, a uwav upgrade that renamed them): stores never mix the two.
+ANOTHER_STORE = (
+    "point `stores.features` at another store, or delete this one to encode every video again "
+    "with the configured encoders"
+)
 
 
 class FeatureStoreError(UwavError, ValueError):
@@ -380,14 +386,13 @@ class FeatureStore:
             if tuple(existing.shape[2:]) != segment_shape:
                 raise FeatureStoreError(
                     f"feature store {self.url}: feature {name!r} has segment shape {tuple(existing.shape[2:])}, "
-                    f"allocate asked for {segment_shape}"
+                    f"allocate asked for {segment_shape}; {ANOTHER_STORE}"
                 )
             stored_identity = existing.attrs.get("encoder_identity")
             if name in identities and stored_identity != identities[name]:
                 raise FeatureStoreError(
                     f"feature store {self.url}: feature {name!r} was computed by encoder {stored_identity!r}, "
-                    f"allocate asked for {identities[name]!r}; its values would be stale. "
-                    "Use another feature name or another store."
+                    f"allocate asked for {identities[name]!r}; its values would be stale: {ANOTHER_STORE}"
                 )
 
         for name in self.feature_names():
