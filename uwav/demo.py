@@ -46,7 +46,7 @@ def demo_catalog(seed: int = 0) -> dict:
         },
         "stages": {
             "features": {"batch_size": 64, "device": "cpu", "max_side": 96},
-            # Both schedules are ~1/30 of the paper's optimizer steps (a few hundred), so the
+            # Both schedules are ~1/50 of the paper's optimizer steps (~200 against ~10,000), so the
             # learning rate is 10x the paper's 1e-4: at 1e-4 the generator and the HAN stop
             # undertrained (the HAN near the predict-nothing score).
             "pretrain": {
