@@ -47,14 +47,14 @@ F1 favours deciding below a calibrated 0.5, and the binary labels carry the F1-o
 threshold itself. Re-weighting with the binary-pseudo-label mask instead of the printed video-label mask
 is worse still (65.0 against soft's ~68).
 
-The HAN baselines (seeds 0-1, `--variants han_baseline han_guided`, 339 s): METHOD's video loss
-alone scores 35.6 (seg A 28.3: the modality attention sends the video loss mostly through the
-visual stream, and audio segment probabilities stay low); the reference HAN's guided learning,
-the paper's HAN row, scores 58.6 (59.0, 58.3). UWAV's 69.5 is 10.9 above it; the paper's 65.9 is
-11.9 above its HAN's 54.0. Guided learning does not belong in UWAV's loss, though: with it in every
-variant (`--guided-learning`, 456 s) binary scores 63.4, soft 61.3, soft+reweight 60.6,
-soft+mixup 63.5, UWAV 62.2, 5.8-7.3 points below METHOD's loss (its modality-wise video targets
-contradict the pseudo-labels of single-modality events).
+The HAN baselines (seeds 0-1, the default run below, remeasured 2026-11-29 with the synthetic
+streams of issue #13): METHOD's video loss alone scores 34.7 (seg A 27.3: the modality attention
+sends the video loss mostly through the visual stream, and audio segment probabilities stay low);
+the reference HAN's guided learning, the paper's HAN row, scores 58.5 (60.5, 56.5). UWAV's 70.4 is
+11.9 above it; the paper's 65.9 is 11.9 above its HAN's 54.0. Guided learning does not belong in
+UWAV's loss, though: with it (`--guided-learning --variants all`, 214 s) UWAV scores 62.1 (63.0,
+61.2) instead of 70.4 (its modality-wise video targets contradict the pseudo-labels of
+single-modality events; with the earlier streams every variant lost 5.8-7.3 points to it).
 
 Recipes (`--recipe paper|released`, seeds 0-1, the real LLP layouts, 2 jobs; segment-level Type@AV
 on test, mean of the seeds). `released` is the release's stage settings at the benchmark's sizes:
@@ -62,8 +62,11 @@ its generator (width 2 x 128, 16 heads, dropout 0.3, present classes x5, best-va
 pooled-F1 thresholds, soft labels at temperature 2, its HAN (5 layers, 16 heads, MLP projection,
 sequential), C-scaled re-weighting, per-batch mixup, the strict decision.
 | recipe | HAN | guided | binary | soft | soft+rw | soft+mix | UWAV | PL temporal / per-segment | wall |
-| paper | 37.5 | 58.6 | 70.1 | 68.1 | 67.5 | 69.5 | 69.6 | 74.7 / 67.9 | 1004 s |
+| paper | 34.7 | 58.5 | 71.3 | 68.5 | 67.7 | 70.1 | 70.4 | 75.7 / 70.1 | 818 s |
 | released | 38.2 | 51.0 | 65.8 | 58.6 | 68.6 | 60.1 | 68.0 | 72.4 / 67.1 | 4241 s |
+(The paper row was remeasured on 2026-11-29 with the synthetic streams issue #13 introduced; the
+released row and the AVE figures below are from the earlier streams and were not rerun. The paper
+row's checks: soft_vs_binary, reweight_vs_soft and all_vs_each fail as before, the other three pass.)
 Under `released`, soft labels alone lose 7 points to binary ones (temperature 2 flattens them) and
 the C-scaled re-weighting wins them back (+10.0 over soft); its 5-layer HAN costs 4.7x the time.
 
