@@ -13,17 +13,14 @@ import torch
 
 from uwav.catalog import EncoderConfig, EncodersConfig
 from uwav.features import configs as model_configs
-from uwav.features.encoders import (
-    EncoderError,
-    Encoders,
-    build_clap_encoder,
-    build_clip_encoder,
-    build_encoders,
+from uwav.features.clap_encoder import build_clap_encoder
+from uwav.features.encoder_base import EncoderError, load_checkpoint
+from uwav.features.encoders import Encoders, build_clip_encoder, build_encoders
+from uwav.features.frame_encoders import (
     build_image_encoder,
     build_image_resnet,
     build_video_encoder,
     build_video_resnet,
-    load_checkpoint,
     model_config,
 )
 

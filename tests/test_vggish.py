@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from uwav.catalog import EncoderConfig
-from uwav.features.encoders import EncoderError, build_vggish_encoder, model_config
+from uwav.features.encoder_base import EncoderError
+from uwav.features.encoders import build_vggish_encoder
+from uwav.features.frame_encoders import model_config
 from uwav.features.vggish import EXAMPLE_SAMPLES, VggishNet, VggishPostprocessor, log_mel_examples
 
 CPU = torch.device("cpu")

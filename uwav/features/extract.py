@@ -36,7 +36,8 @@ from tqdm import tqdm
 
 from uwav.catalog import FeaturesSettings
 from uwav.contracts import text_embedding_name
-from uwav.features.encoders import Encoders, SegmentEncoder, to_host
+from uwav.features.encoder_base import to_host
+from uwav.features.encoders import Encoders, SegmentEncoder
 from uwav.features.store import FeatureStore
 from uwav.media import DecodedSegments, QuarantineLog, decode_or_quarantine
 
