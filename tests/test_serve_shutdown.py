@@ -23,6 +23,7 @@ import pytest
 from tests.prefect_processes import (
     BIN,
     REGISTER_TIMEOUT_S,
+    REPO_ROOT,
     LoopbackServer,
     Process,
     api,
@@ -160,5 +161,28 @@ def test_without_the_server_sigterm_ends_serving_with_status_0_and_a_long_outage
     errors = [line for line in left.tail(100_000).splitlines() if line.startswith("error: ")]
     reason = f"no healthy answer for {API_GRACE_S} s (ConnectError: All connection attempts failed)"
     assert errors == [f"error: lost the Prefect API at http://127.0.0.1:{server.port}/api: {reason}"]
-    # The flow-run process's output passes through `uwav serve`'s: its lost websocket too is one line.
-    assert "Traceback" not in left.tail(100_000)
+    # Its output may still hold a traceback: after three failed polls Prefect's service loop
+    # (`prefect.utilities.services.critical_service_loop`, in the runner and in the flow-run
+    # process alike) print()s its recent errors in full, past any logging filter. Logged
+    # connection errors are one line (test_a_flow_run_process_logs_connection_errors_on_one_line).
+
+
+def test_a_flow_run_process_logs_connection_errors_on_one_line() -> None:
+    """A flow-run process imports flows.pipeline (after Prefect configured its logging) to run the
+    flow; from then on a lost server's websocket error is logged on one line, not with its
+    traceback, as `uwav serve` logs its own."""
+    code = (
+        "import logging, flows.pipeline\n"
+        "from websockets.exceptions import ConnectionClosedError\n"
+        "try:\n"
+        "    raise ConnectionClosedError(None, None)\n"
+        "except ConnectionClosedError:\n"
+        "    logging.getLogger('prefect.FlowRunCancellingObserver').warning('The websocket failed', exc_info=True)\n"
+    )
+    result = subprocess.run(
+        [str(BIN / "python"), "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "The websocket failed" in line]
+    assert len(lines) == 1 and lines[0].endswith("(ConnectionClosedError: no close frame received or sent)"), result.stderr
+    assert "Traceback" not in result.stderr
