@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,16 +24,25 @@ def source_copy(target: Path) -> Path:
     return target
 
 
-def stale_after_editing(tmp_path: Path, module: str) -> list[str]:
-    """The stages whose fingerprint changes when `module` (package-relative) gains a line."""
-    catalog = load_catalog(write_catalog(tmp_path, small_catalog()))
+def stale_after(tmp_path: Path, edit: Callable[[Path], None], catalog_data: dict | None = None) -> list[str]:
+    """The stages whose fingerprint changes when `edit` changes a copy of the package (its root)."""
+    catalog = load_catalog(write_catalog(tmp_path, catalog_data or small_catalog()))
     before = compute_fingerprints(catalog, source_copy(tmp_path / "before"))
     edited = source_copy(tmp_path / "after")
-    with (edited / module).open("a") as handle:
-        handle.write("\n# an edit\n")
+    edit(edited)
     after = compute_fingerprints(catalog, edited)
     assert set(before) == set(after) == set(STAGES)
     return [stage for stage in STAGES if before[stage] != after[stage]]
+
+
+def stale_after_editing(tmp_path: Path, module: str) -> list[str]:
+    """The stages whose fingerprint changes when `module` (package-relative) gains a line."""
+
+    def add_a_line(root: Path) -> None:
+        with (root / module).open("a") as handle:
+            handle.write("\n# an edit\n")
+
+    return stale_after(tmp_path, add_a_line)
 
 
 def test_editing_the_report_makes_only_evaluate_stale(tmp_path: Path) -> None:
@@ -72,14 +82,13 @@ def test_an_edited_model_config_restales_what_its_features_feed(
     edited tiny CLIP config under the same name is another network (found when the features were
     re-encoded and the generator trained on the old ones stayed fresh)."""
     tiny = {name: {"name": f"uwav-tiny-{name}", "random_init": True} for name in ("clip", "clap", "r2plus1d")}
-    catalog = load_catalog(write_catalog(tmp_path, {**small_catalog(), "encoders": tiny}))
-    before = compute_fingerprints(catalog, source_copy(tmp_path / "before"))
-    edited = source_copy(tmp_path / "after")
-    path = edited / "features" / "model_configs" / f"{config}.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), "embed_dim": 32}))
-    monkeypatch.setattr(model_configs, "MODEL_CONFIG_DIR", edited / "features" / "model_configs")
-    after = compute_fingerprints(catalog, edited)
-    assert [stage for stage in STAGES if before[stage] != after[stage]] == stale
+
+    def edit_the_config(root: Path) -> None:
+        path = root / "features" / "model_configs" / f"{config}.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "embed_dim": 32}))
+        monkeypatch.setattr(model_configs, "MODEL_CONFIG_DIR", path.parent)
+
+    assert stale_after(tmp_path, edit_the_config, {**small_catalog(), "encoders": tiny}) == stale
 
 
 def test_lazy_imports_and_package_data_count() -> None:
