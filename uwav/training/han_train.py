@@ -167,8 +167,9 @@ def score_han(
         raise ValueError("score_han: AVE accuracy needs videos of equal length (the split has padded videos)")
     segment_prob, video_prob = predict_han(model, features, batch_size=batch_size, precision=precision)
     pred_audio, pred_visual = llp_decisions(segment_prob, video_prob, threshold, decision)
-    if features.padding_mask is not None:
-        real = ~features.padding_mask.numpy()[:, :, None]
+    padding = features.padding_mask
+    if padding is not None:
+        real = ~padding.numpy()[:, :, None]
         pred_audio, pred_visual = pred_audio & real, pred_visual & real
     scores = avvp_scores(pred_audio, pred_visual, split.gt_audio, split.gt_visual)
     if task == "ave":
