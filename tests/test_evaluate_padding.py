@@ -144,8 +144,8 @@ def test_evaluate_stage_masks_padded_segments_like_validation(tmp_path: Path) ->
 
     from uwav.evaluation import avvp_scores
     from uwav.stages import STAGES, run_pipeline, state_dir
-    from uwav.stages.inputs import dataset_tables, open_store
-    from uwav.stages.train import labelled_split
+    from uwav.stages.inputs import labelled_split
+    from uwav.stages.tables import dataset_tables, open_store
     from uwav.training.data import padding_mask_from_lengths
     from uwav.training.han_train import llp_decisions, load_han, predict_han, score_han
 

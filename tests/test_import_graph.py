@@ -114,3 +114,18 @@ def test_datasets_never_import_features() -> None:
 
 def test_cycles_finds_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_stage_module_imports_another() -> None:
+    """What several stages read lives in `uwav.stages.inputs` / `uwav.stages.tables`; a stage
+    module importing another would pull that stage's code into its own fingerprint."""
+    from uwav.stages.planner import STAGES
+
+    stage_modules = {f"uwav.stages.{stage}" for stage in STAGES}
+    offending = {
+        (module, target)
+        for module, targets in import_graph().items()
+        if module in stage_modules
+        for target in targets & stage_modules
+    }
+    assert offending == set()

@@ -46,9 +46,9 @@ def official_catalog(folder: Path) -> Path:
 
 
 def test_parse_with_official_inputs_runs_vggish_resnet_and_r2plus1d(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from uwav.contracts import HAN_INPUT_FEATURES
     from uwav.features.encoders import build_encoders
     from uwav.media import decode_segments
-    from uwav.stages.inputs import HAN_INPUT_FEATURES
     from uwav.training import han_train
 
     catalog = load_catalog(official_catalog(tmp_path))

@@ -17,7 +17,7 @@ from uwav.evaluation import predict_nothing_scores
 from uwav.labels import read_pseudo_labels
 from uwav.stages import STAGES, StageError, compute_fingerprints, plan, run_pipeline, stage_status, state_dir
 from uwav.stages.evaluate import NOTHING_REFERENCE, PSEUDO_LABELS_REFERENCE
-from uwav.stages.inputs import dataset_tables
+from uwav.stages.tables import dataset_tables
 from uwav.training.checkpoints import load_checkpoint
 from uwav.training.health import collapse_warning
 from uwav.workspace import dense_truth
@@ -260,8 +260,8 @@ def test_evaluate_cli_scores_a_released_han(finished_run: Path, tmp_path: Path) 
     scoring path on the catalog's test split; a model made for other features is refused."""
     from tests.test_released_models import random_state, released_han_shapes, save
     from uwav.models.released import load_released_han
-    from uwav.stages.inputs import dataset_tables, open_store
-    from uwav.stages.train import labelled_split
+    from uwav.stages.inputs import labelled_split
+    from uwav.stages.tables import open_store
     from uwav.training.han_train import score_han
 
     path = copy_run(finished_run, tmp_path / "run")
@@ -296,8 +296,10 @@ def test_released_generator_replaces_stage_1(finished_run: Path, tmp_path: Path)
     import torch
 
     from tests.test_released_models import random_state, released_plg_shapes, save
+    from uwav.contracts import PLG_FEATURES
     from uwav.models.released import load_released_plg
-    from uwav.stages.inputs import PLG_FEATURES, load_split, open_store, text_embeddings
+    from uwav.stages.inputs import load_split, text_embeddings
+    from uwav.stages.tables import open_store
     from uwav.training.pretrain import predict_plg
 
     path = copy_run(finished_run, tmp_path / "run")

@@ -128,6 +128,16 @@ def validate_dense(df: pl.DataFrame) -> pl.DataFrame:
     return df
 
 
+# ---------------------------------------------------------------- which store features feed which model
+
+# The store features the HAN reads (audio, 2-D visual, 3-D visual) for each `stages.train.han.inputs`.
+HAN_INPUT_FEATURES: dict[str, tuple[str, str, str]] = {
+    "clip_clap": ("clap", "clip", "r2plus1d"),
+    "official": ("vggish", "resnet152_mean", "r2plus1d"),
+}
+PLG_FEATURES: tuple[str, str] = ("clip", "clap")  # (visual, audio) inputs of the generator
+
+
 def text_embedding_name(feature: str, role: str) -> str:
     """Feature-store name of a dataset role's ('target' | 'pretrain') class text embeddings in an
     encoder's space ('clip' | 'clap'): both datasets' class lists live in one store."""

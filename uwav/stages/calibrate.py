@@ -6,35 +6,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from uwav.catalog import Catalog
-from uwav.contracts import CalibrateOutputs, PretrainOutputs
+from uwav.contracts import CalibrateOutputs
 from uwav.errors import StageError
-from uwav.stages.inputs import PLG_FEATURES, SplitArrays, dataset_tables, load_split, open_store, text_embeddings
+from uwav.stages.inputs import plg_logits
 from uwav.stages.planner import StageResult, stage_record
-
-if TYPE_CHECKING:
-    import polars as pl
-
-    from uwav.features.store import FeatureStore
+from uwav.stages.tables import dataset_tables, open_store
 
 log = logging.getLogger(__name__)
-
-
-def plg_logits(catalog: Catalog, store: FeatureStore, manifest: pl.DataFrame) -> tuple[SplitArrays, dict[str, Any]]:
-    """The trained generator's (N, T, C) logits per modality on the target videos of `manifest`."""
-    from uwav.training.pretrain import load_plg, predict_plg
-
-    checkpoint = PretrainOutputs.of(stage_record(catalog, "pretrain").outputs).checkpoint
-    model = load_plg(checkpoint, catalog.stages.pseudo_labels.device)
-    split = load_split(store, manifest, PLG_FEATURES)
-    text = text_embeddings(store, "target")
-    logits = predict_plg(
-        model, split.features["clip"], split.features["clap"], split.lengths, text.visual, text.audio,
-        batch_size=catalog.stages.pseudo_labels.batch_size, precision=catalog.stages.pretrain.precision,
-    )
-    return split, logits._asdict()
 
 
 def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from uwav.catalog import Catalog
 from uwav.contracts import EvaluateOutputs, PseudoLabelsOutputs, TrainOutputs
 from uwav.errors import InvalidInputError, UwavError
-from uwav.stages.inputs import dataset_tables, open_store
+from uwav.stages.inputs import labelled_split, target_task
 from uwav.stages.planner import StageResult, stage_record, state_dir
-from uwav.stages.train import labelled_split, target_task
+from uwav.stages.tables import dataset_tables, open_store
 
 if TYPE_CHECKING:
     from uwav.models import HAN

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from uwav.catalog import Catalog
-from uwav.contracts import FeaturesOutputs
+from uwav.contracts import HAN_INPUT_FEATURES, PLG_FEATURES, FeaturesOutputs
 from uwav.errors import StageError
-from uwav.stages.inputs import HAN_INPUT_FEATURES, PLG_FEATURES, dataset_tables, open_store
 from uwav.stages.planner import StageResult, quarantine_path
+from uwav.stages.tables import dataset_tables, open_store
 
 if TYPE_CHECKING:
     import polars as pl

@@ -1,14 +1,17 @@
-"""Stage inputs from the stores, shared by the stages that read features: which features feed
-each model, the split arrays of a manifest subset, the class text embeddings."""
+"""Stage inputs shared by the stages that read features (pretrain onwards): the split arrays of
+a manifest subset, the class text embeddings, the HAN's inputs and dense truth, the generator's
+logits on target videos, the videos that have pseudo-labels. Stage modules import these from
+here, never from one another."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from uwav.catalog import Catalog
-from uwav.contracts import AudioVisual, SegmentOutputs, text_embedding_name
+from uwav.catalog import Catalog, Task
+from uwav.contracts import HAN_INPUT_FEATURES, PLG_FEATURES, AudioVisual, PretrainOutputs, text_embedding_name
 from uwav.errors import StageError
 from uwav.stages.planner import stage_record
 
@@ -17,27 +20,8 @@ if TYPE_CHECKING:
     import polars as pl
 
     from uwav.features.store import FeatureStore
+    from uwav.training.data import HanFeatures, LabelledSplit
     from uwav.workspace import DatasetTables
-
-# Which store features feed the HAN (audio, 2-D visual, 3-D visual) for each `han.inputs` choice.
-HAN_INPUT_FEATURES: dict[str, tuple[str, str, str]] = {
-    "clip_clap": ("clap", "clip", "r2plus1d"),
-    "official": ("vggish", "resnet152_mean", "r2plus1d"),
-}
-PLG_FEATURES: tuple[str, str] = ("clip", "clap")  # (visual, audio) inputs of the generator
-
-
-def open_store(catalog: Catalog, dtype: str | None = None) -> FeatureStore:
-    from uwav.features.store import FeatureStore
-
-    return FeatureStore(catalog.store("features"), dtype=dtype)  # type: ignore[arg-type]
-
-
-def dataset_tables(catalog: Catalog, role: str) -> DatasetTables:
-    """The manifest, dense labels and classes the segment stage wrote for `role` ('target' | 'pretrain')."""
-    from uwav.workspace import load_tables
-
-    return load_tables(SegmentOutputs.of(stage_record(catalog, "segment").outputs), role)
 
 
 @dataclass(frozen=True)
@@ -79,3 +63,57 @@ def text_embeddings(store: FeatureStore, role: str) -> AudioVisual[np.ndarray]:
         if found[modality] is None:
             raise StageError(f"feature store {store.url}: no text embeddings {name!r}; rerun the features stage")
     return AudioVisual(**found)
+
+
+def han_features(catalog: Catalog, store: FeatureStore, manifest: pl.DataFrame) -> tuple[SplitArrays, HanFeatures]:
+    """HAN inputs of the usable videos of `manifest` per the catalog's `han.inputs`."""
+    from uwav.training.data import HanFeatures
+
+    names = HAN_INPUT_FEATURES[catalog.stages.train.han.inputs]
+    split = load_split(store, manifest, names)
+    audio, visual2d, visual3d = (split.features[name] for name in names)
+    return split, HanFeatures.from_arrays(audio, visual2d, visual3d, split.lengths)
+
+
+def labelled_split(catalog: Catalog, store: FeatureStore, tables: DatasetTables, split_name: str) -> tuple[SplitArrays, LabelledSplit]:
+    """Features and dense ground truth of a split's videos that have dense labels."""
+    import polars as pl
+
+    from uwav.training.data import LabelledSplit
+    from uwav.workspace import dense_truth
+
+    labelled = tables.split(split_name).filter(pl.col("video_id").is_in(tables.dense["video_id"].implode()))
+    split, features = han_features(catalog, store, labelled)
+    if not split.video_ids:
+        raise StageError(f"no {split_name} video of {tables.name!r} has dense labels and HAN features")
+    truth = dense_truth(tables, split.video_ids, features.n_segments)
+    assert truth is not None
+    return split, LabelledSplit.from_arrays(features, truth["audio"], truth["visual"])
+
+
+def target_task(catalog: Catalog) -> Task:
+    return catalog.dataset(catalog.target).task
+
+
+def plg_logits(catalog: Catalog, store: FeatureStore, manifest: pl.DataFrame) -> tuple[SplitArrays, dict[str, Any]]:
+    """The trained generator's (N, T, C) logits per modality on the target videos of `manifest`."""
+    from uwav.training.pretrain import load_plg, predict_plg
+
+    checkpoint = PretrainOutputs.of(stage_record(catalog, "pretrain").outputs).checkpoint
+    model = load_plg(checkpoint, catalog.stages.pseudo_labels.device)
+    split = load_split(store, manifest, PLG_FEATURES)
+    text = text_embeddings(store, "target")
+    logits = predict_plg(
+        model, split.features["clip"], split.features["clap"], split.lengths, text.visual, text.audio,
+        batch_size=catalog.stages.pseudo_labels.batch_size, precision=catalog.stages.pretrain.precision,
+    )
+    return split, logits._asdict()
+
+
+def available_ids(folder: Path, video_ids: list[str]) -> list[str]:
+    """The subset of `video_ids` that has pseudo-label rows (videos without features have none)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    present = set(pc.unique(pq.read_table(folder, columns=["video_id"])["video_id"]).to_pylist())
+    return [video_id for video_id in video_ids if video_id in present]

@@ -9,11 +9,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from uwav.catalog import Catalog
+from uwav.contracts import HAN_INPUT_FEATURES
 from uwav.errors import StageError
 from uwav.parsing import ParseOutputs
-from uwav.stages.inputs import HAN_INPUT_FEATURES, dataset_tables
+from uwav.stages.inputs import han_features
 from uwav.stages.promotion import current_checkpoint
-from uwav.stages.train import han_features
+from uwav.stages.tables import dataset_tables
 
 
 class NothingParsedError(StageError):

@@ -24,7 +24,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from uwav.caching import StageRecord, StateDir, file_fingerprint, stable_json, text_fingerprint
+from uwav.caching import (
+    StageRecord,
+    StateDir,
+    file_fingerprint,
+    stable_json,
+    text_fingerprint,
+)
 from uwav.catalog import Catalog
 from uwav.contracts import StageOutputs
 from uwav.errors import MissingInputError, StageError

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from uwav.catalog import Catalog
-from uwav.contracts import PretrainOutputs
+from uwav.contracts import PLG_FEATURES, PretrainOutputs
 from uwav.errors import InvalidInputError, StageError
-from uwav.stages.inputs import PLG_FEATURES, dataset_tables, load_split, open_store, text_embeddings
+from uwav.stages.inputs import load_split, text_embeddings
 from uwav.stages.planner import StageResult
+from uwav.stages.tables import dataset_tables, open_store
 
 if TYPE_CHECKING:
     from uwav.features.store import FeatureStore

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 from uwav.catalog import Catalog
 from uwav.contracts import CalibrateOutputs, PseudoLabelsOutputs
 from uwav.errors import StageError
-from uwav.stages.calibrate import plg_logits
-from uwav.stages.inputs import dataset_tables, open_store
+from uwav.stages.inputs import available_ids, plg_logits
 from uwav.stages.planner import StageResult, stage_record
+from uwav.stages.tables import dataset_tables, open_store
 
 if TYPE_CHECKING:
     import torch
@@ -26,15 +26,6 @@ if TYPE_CHECKING:
     from uwav.workspace import DatasetTables
 
 PSEUDO_LABEL_SHARD_VIDEOS = 2048
-
-
-def available_ids(folder: Path, video_ids: list[str]) -> list[str]:
-    """The subset of `video_ids` that has pseudo-label rows (videos without features have none)."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    present = set(pc.unique(pq.read_table(folder, columns=["video_id"])["video_id"]).to_pylist())
-    return [video_id for video_id in video_ids if video_id in present]
 
 
 def soft_label_thresholds(

@@ -10,51 +10,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from uwav.catalog import Catalog, Task, TrainSettings
-from uwav.contracts import PseudoLabelsOutputs, TrainOutputs
+from uwav.catalog import Catalog, TrainSettings
+from uwav.contracts import HAN_INPUT_FEATURES, PseudoLabelsOutputs, TrainOutputs
 from uwav.errors import StageError
-from uwav.stages.inputs import HAN_INPUT_FEATURES, SplitArrays, dataset_tables, load_split, open_store
+from uwav.stages.inputs import available_ids, han_features, labelled_split, target_task
 from uwav.stages.planner import StageResult, compute_fingerprints, stage_record, state_dir
-from uwav.stages.pseudo_labels import available_ids
+from uwav.stages.tables import dataset_tables, open_store
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import polars as pl
 
-    from uwav.features.store import FeatureStore
-    from uwav.training.data import HanFeatures, HanTrainData, LabelledSplit
+    from uwav.training.data import HanTrainData
     from uwav.workspace import DatasetTables
-
-
-def han_features(catalog: Catalog, store: FeatureStore, manifest: pl.DataFrame) -> tuple[SplitArrays, HanFeatures]:
-    """HAN inputs of the usable videos of `manifest` per the catalog's `han.inputs`."""
-    from uwav.training.data import HanFeatures
-
-    names = HAN_INPUT_FEATURES[catalog.stages.train.han.inputs]
-    split = load_split(store, manifest, names)
-    audio, visual2d, visual3d = (split.features[name] for name in names)
-    return split, HanFeatures.from_arrays(audio, visual2d, visual3d, split.lengths)
-
-
-def labelled_split(catalog: Catalog, store: FeatureStore, tables: DatasetTables, split_name: str) -> tuple[SplitArrays, LabelledSplit]:
-    """Features and dense ground truth of a split's videos that have dense labels."""
-    import polars as pl
-
-    from uwav.training.data import LabelledSplit
-    from uwav.workspace import dense_truth
-
-    labelled = tables.split(split_name).filter(pl.col("video_id").is_in(tables.dense["video_id"].implode()))
-    split, features = han_features(catalog, store, labelled)
-    if not split.video_ids:
-        raise StageError(f"no {split_name} video of {tables.name!r} has dense labels and HAN features")
-    truth = dense_truth(tables, split.video_ids, features.n_segments)
-    assert truth is not None
-    return split, LabelledSplit.from_arrays(features, truth["audio"], truth["visual"])
-
-
-def target_task(catalog: Catalog) -> Task:
-    return catalog.dataset(catalog.target).task
 
 
 def train_settings(catalog: Catalog) -> TrainSettings:
