@@ -41,7 +41,7 @@ from bench_decode import measure_decode  # noqa: E402
 
 from uwav.catalog import EncoderConfig, EncodersConfig, FeaturesSettings  # noqa: E402
 from uwav.contracts import n_segments_for_duration  # noqa: E402
-from uwav.datasets.synth_media import encode_mp4  # noqa: E402
+from uwav.synthetic.media import encode_mp4  # noqa: E402
 from uwav.features.encoder_base import to_host  # noqa: E402
 from uwav.features.encoders import Encoders, SegmentEncoder, build_encoders  # noqa: E402
 from uwav.features.extract import extract_features  # noqa: E402

@@ -104,8 +104,8 @@ import torch
 
 from uwav.catalog import CalibrateSettings, HanSettings, PretrainSettings, PseudoLabelSettings, Recipe, Task, TrainSettings, recipe_settings
 from uwav.contracts import MODALITIES, AudioVisual
-from uwav.datasets.synth import TARGET_LAYOUTS
-from uwav.datasets.synth_features import FeatureDifficulty, SyntheticFeatureBenchmark, make_feature_benchmark
+from uwav.synthetic.layouts import TARGET_LAYOUTS
+from uwav.synthetic.features import FeatureDifficulty, SyntheticFeatureBenchmark, make_feature_benchmark
 from uwav.evaluation import dense_to_arrays, pseudo_label_quality
 from uwav.labels import ThresholdSet, calibrate_thresholds
 from uwav.models.plg import AudioVisualPLG

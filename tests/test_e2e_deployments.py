@@ -37,7 +37,7 @@ from tests.prefect_processes import (
     wait_until,
 )
 from uwav.cli import app
-from uwav.datasets.synth_media import SynthMediaPaths, write_media_benchmark
+from uwav.synthetic.media import SynthMediaPaths, write_media_benchmark
 from uwav.demo import demo_catalog
 from uwav.stages import STAGES
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from uwav.datasets.synth_features import FeatureDifficulty, make_feature_benchmark
+from uwav.synthetic.features import FeatureDifficulty, make_feature_benchmark
 from uwav.models.plg import AudioVisualPLG
 
 BENCH_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_quality.py"

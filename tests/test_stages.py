@@ -230,8 +230,8 @@ def test_new_target_videos_only_rerun_the_target_side(finished_run: Path, tmp_pa
 def test_synthetic_pretraining_set_does_not_depend_on_the_target_set() -> None:
     """What lets stage 1 stay fresh above: every video is drawn from its own key, so neither the
     target sizes nor the target layout change the pre-training part."""
-    from uwav.datasets.synth import AVE_LIKE
-    from uwav.datasets.synth_features import make_feature_benchmark
+    from uwav.synthetic.layouts import AVE_LIKE
+    from uwav.synthetic.features import make_feature_benchmark
 
     sizes = {"n_pretrain": 12, "n_val": 4, "n_test": 4}
     small = make_feature_benchmark(seed=5, n_train=8, **sizes)

@@ -1,6 +1,6 @@
-"""The synthetic benchmark: media files and annotations (uwav.datasets.synth_media), feature vectors
-(uwav.datasets.synth_features) and their import into the feature store (uwav.features.synthetic),
-the shared layout code (uwav.datasets.synth) and the entry point (uwav.datasets.synthesize)."""
+"""The synthetic benchmark: media files and annotations (uwav.synthetic.media), feature vectors
+(uwav.synthetic.features) and their import into the feature store (uwav.synthetic.store_import),
+the shared layout code (uwav.synthetic.layouts) and the entry point (uwav.synthetic.synthesize)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from uwav.cli import app
 from uwav.contracts import validate_dense, validate_manifest
 from uwav.datasets import read_llp, read_unav100
-from uwav.datasets.synth import (
+from uwav.synthetic.layouts import (
     AVE_LIKE,
     ID_BLOCKS,
     LLP_LIKE,
@@ -32,14 +32,14 @@ from uwav.datasets.synth import (
     sample_layouts,
     video_ids,
 )
-from uwav.datasets.synth_features import (
+from uwav.synthetic.features import (
     FEATURE_SPACES,
     FeatureDifficulty,
     SyntheticFeatureBenchmark,
     SyntheticFeatureSet,
     make_feature_benchmark,
 )
-from uwav.datasets.synth_media import (
+from uwav.synthetic.media import (
     CATALOGUE,
     PRETRAIN_CLASSES,
     TARGET_CLASSES,
@@ -51,10 +51,10 @@ from uwav.datasets.synth_media import (
     render_frames,
     write_media_benchmark,
 )
-from uwav.datasets.synthesize import synth_main
+from uwav.synthetic.synthesize import synth_main
 from uwav.features.official import RESNET_MEAN_NAME
 from uwav.features.store import FeatureStore, FeatureStoreError
-from uwav.features.synthetic import import_into_store
+from uwav.synthetic.store_import import import_into_store
 from uwav.contracts import text_embedding_name
 
 ID11 = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{10}$")

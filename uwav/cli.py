@@ -137,7 +137,7 @@ def synth(
     target_layout: Annotated[str, typer.Option(help="llp (LLP-like events) or ave (one audio-visual event per video).")] = "llp",
 ) -> None:
     """Write the synthetic audio-visual benchmark (deterministic by seed)."""
-    from uwav.datasets.synthesize import synth_main
+    from uwav.synthetic.synthesize import synth_main
 
     if mode not in ("media", "features"):
         raise InvalidInputError(f"--mode must be 'media' or 'features', got {mode!r}")

@@ -141,7 +141,7 @@ def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
     store = open_store(catalog, settings.dtype)
     metrics: dict[str, Any] = {}
     if settings.source == "synthetic":
-        from uwav.features.synthetic import import_into_store
+        from uwav.synthetic.store_import import import_into_store
 
         metrics.update(import_into_store(Path(catalog.resolve(catalog.dataset(target.name).annotations) or ""), store))
         return StageResult(FeaturesOutputs(store.url, quarantine_path(catalog)), metrics)

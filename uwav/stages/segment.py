@@ -29,7 +29,7 @@ def dataset_name(catalog: Catalog, role: Role) -> str:
 
 def ensure_synthetic(catalog: Catalog, config: DatasetConfig) -> Path:
     """Generate a synthetic dataset into its `annotations` folder unless it is already complete."""
-    from uwav.datasets.synthesize import synth_main
+    from uwav.synthetic.synthesize import synth_main
 
     assert config.synthetic is not None
     root = Path(catalog.resolve(config.annotations) or "")
@@ -76,7 +76,7 @@ def _read_synthetic(
     root = ensure_synthetic(catalog, config)
     assert config.synthetic is not None
     if config.synthetic.mode == "features":
-        from uwav.datasets.synth_features import SyntheticFeatureBenchmark
+        from uwav.synthetic.features import SyntheticFeatureBenchmark
 
         benchmark = SyntheticFeatureBenchmark.load(root)
         part = benchmark.target if role == "target" else benchmark.pretrain

@@ -1,6 +1,6 @@
 """Synthetic benchmark features into the feature store: the features stage with `source: synthetic`.
 
-The counterpart of `uwav.features.official` for `uwav.datasets.synth_features` benchmarks; it
+The counterpart of `uwav.features.official` for `uwav.synthetic.features` benchmarks; it
 lives here so that the dataset readers and generators never depend on the feature store.
 """
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from uwav.contracts import text_embedding_name
-from uwav.datasets.synth import stable_hash
-from uwav.datasets.synth_features import SyntheticFeatureBenchmark, SyntheticFeatureSet
+from uwav.synthetic.layouts import stable_hash
+from uwav.synthetic.features import SyntheticFeatureBenchmark, SyntheticFeatureSet
 from uwav.features.official import RESNET_MEAN_NAME
 from uwav.features.store import FeatureStore
 

@@ -26,7 +26,7 @@ Layouts are LLP-like by default (many audio-only and visual-only events, co-occu
 or resampled from a real LLP dense-label file (`layouts_from`).
 
 Video-level quantities (layout, id, a, g, b, e) come from streams keyed by the video
-(`uwav.datasets.synth`), so larger sizes add videos and leave every other video's ids, labels and
+(`uwav.synthetic.layouts`), so larger sizes add videos and leave every other video's ids, labels and
 feature values as they were.
 """
 
@@ -48,7 +48,7 @@ from threadpoolctl import threadpool_limits
 from uwav.atomic import atomic_dir
 from uwav.contracts import MANIFEST_SCHEMA, MODALITIES, validate_manifest
 from uwav.datasets.llp import LLP_CLASSES, read_llp
-from uwav.datasets.synth import (
+from uwav.synthetic.layouts import (
     LLP_LIKE,
     UNAV_LIKE,
     ClassStatistics,
@@ -490,7 +490,7 @@ def make_feature_benchmark(
             seed, _SetTruth(pretrain_ids, pretrain_classes, pretrain_layouts), pretrain_features, dims, difficulty, pool
         )
     settings = {  # JSON-ready (lists, not tuples), so that a loaded benchmark compares equal
-        "generator": "uwav.datasets.synth_features",
+        "generator": "uwav.synthetic.features",
         "seed": seed,
         "sizes": {**sizes, "pretrain": n_pretrain},
         "dims": {s: dims[s] for s in sorted(set(features) | set(pretrain_features))},

@@ -1,9 +1,9 @@
 """Synthetic audio-visual benchmark: the parts its generators share (video ids, event layouts, dense tables).
 
-Two generators build on this module, both deterministic by seed (`uwav.datasets.synthesize` runs either):
-- `uwav.datasets.synth_media.write_media_benchmark`: real MP4 files (H.264 + AAC) with an UnAV-like
+Two generators build on this module, both deterministic by seed (`uwav.synthetic.synthesize` runs either):
+- `uwav.synthetic.media.write_media_benchmark`: real MP4 files (H.264 + AAC) with an UnAV-like
   pre-training set and an LLP-like target set, in those datasets' annotation formats;
-- `uwav.datasets.synth_features.make_feature_benchmark`: per-segment feature vectors at LLP scale,
+- `uwav.synthetic.features.make_feature_benchmark`: per-segment feature vectors at LLP scale,
   no media at all.
 
 An event layout is segment-level truth: for every video a boolean (T, C) matrix per modality.

@@ -1,6 +1,6 @@
-"""`uwav synth`: write either synthetic benchmark (`uwav.datasets.synth_media`, `uwav.datasets.synth_features`).
+"""`uwav synth`: write either synthetic benchmark (`uwav.synthetic.media`, `uwav.synthetic.features`).
 
-Kept apart from `uwav.datasets.synth`, which both generators import, so that no module imports one
+Kept apart from `uwav.synthetic.layouts`, which both generators import, so that no module imports one
 that imports it back.
 """
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from uwav.catalog import Task
-from uwav.datasets.synth import TARGET_LAYOUTS
+from uwav.synthetic.layouts import TARGET_LAYOUTS
 from uwav.errors import InvalidInputError
 
 
@@ -44,13 +44,13 @@ def synth_main(
     if mode == "media":
         if layouts_from is not None:
             raise InvalidInputError("--layouts-from is only used by --mode features")
-        from uwav.datasets.synth_media import write_media_benchmark
+        from uwav.synthetic.media import write_media_benchmark
 
         return write_media_benchmark(
             out, seed=seed, workers=workers, target_layout=TARGET_LAYOUTS[target_layout], **sizes
         ).root
     if mode == "features":
-        from uwav.datasets.synth_features import make_feature_benchmark
+        from uwav.synthetic.features import make_feature_benchmark
 
         benchmark = make_feature_benchmark(
             seed=seed, layouts_from=layouts_from, workers=workers, target_layout=TARGET_LAYOUTS[target_layout], **sizes

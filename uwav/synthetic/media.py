@@ -2,7 +2,7 @@
 
 Every class has a visual signature (a coloured shape with a texture and a motion, at its own place
 in the frame) and an audio signature (a tone, chirp, harmonic stack or noise band, continuous or in
-a rhythm). Audio and visual timelines come from `uwav.datasets.synth.sample_layouts`, drawn
+a rhythm). Audio and visual timelines come from `uwav.synthetic.layouts.sample_layouts`, drawn
 independently per class, over a background of visual noise, grey distractor shapes, audio noise and
 distractor noise bursts. Two sets are written, in the real datasets' formats so that the readers
 take them unchanged:
@@ -17,7 +17,7 @@ Both also get `classes.json` (the class list in order) and `truth_audio.csv` / `
 the segment-level truth of every video per modality, training videos included, in the columns
 of LLP's eval CSVs, for checking pseudo-labels and stage-1 predictions (never for training).
 
-Every video depends on the settings and its own keys alone (`uwav.datasets.synth`): larger sizes
+Every video depends on the settings and its own keys alone (`uwav.synthetic.layouts`): larger sizes
 add videos, and `write_media_benchmark` renders only those a folder lacks.
 
 Event boundaries of the UnAV-like set are whole seconds moved by at most 0.2 s, so that the
@@ -39,7 +39,7 @@ import numpy as np
 import polars as pl
 
 from uwav.atomic import atomic_path, write_text_atomic
-from uwav.datasets.synth import (
+from uwav.synthetic.layouts import (
     LLP_LIKE,
     UNAV_LIKE,
     ClassStatistics,
@@ -630,7 +630,7 @@ def write_media_benchmark(
     paths.unav_media.mkdir(parents=True, exist_ok=True)
     paths.llp_media.mkdir(parents=True, exist_ok=True)
     settings = {
-        "generator": "uwav.datasets.synth_media",
+        "generator": "uwav.synthetic.media",
         "version": GENERATOR_VERSION,
         "seed": seed,
         "sizes": {"pretrain": n_pretrain, "train": n_train, "val": n_val, "test": n_test},
