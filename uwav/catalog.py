@@ -3,7 +3,7 @@
 Every path lives in the catalog (Kedro-style): relative paths resolve against the catalog file's
 folder; fsspec URLs (`memory://`, `s3://`, ...) are kept as they are. Unknown keys and wrong types
 are refused with a message naming the key. Stage settings default to the paper's
-hyper-parameters (../shared/docs/METHOD.md); project decisions are marked as such.
+hyper-parameters (docs/METHOD.md); project decisions are marked as such.
 """
 
 from __future__ import annotations
