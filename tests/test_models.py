@@ -170,12 +170,54 @@ def test_han_rejects_mismatched_inputs() -> None:
         model(audio[:, :9], frames, visual3d)
 
 
+def maps_han(input_norm: str = "none") -> HAN:
+    dims = {"n_classes": 7, "audio_dim": 12, "visual2d_dim": 20, "visual3d_dim": 9}
+    return HAN(**dims, d_model=32, ffn=48, heads=8, update="sequential", audio_input="htsat_maps", input_norm=input_norm).eval()
+
+
+def test_htsat_maps_of_padded_videos_are_resampled_to_their_own_segments() -> None:
+    """A video of 6 real segments in a batch padded to 10 gets what it gets alone as a 6-segment
+    video: its map spread over its 6 segments, not over the batch's 10."""
+    model = maps_han()
+    maps = torch.randn(2, 64, 12)
+    _, frames, visual3d = han_inputs(batch=2, segments=6)
+    padded = [torch.cat([x, 1e3 * torch.randn_like(x[:, :4])], 1) for x in (frames, visual3d)]
+    mask = torch.zeros(2, 10, dtype=torch.bool)
+    mask[:, 6:] = True
+    with torch.no_grad():
+        short = model(maps, frames, visual3d)
+        long = model(maps, *padded, padding_mask=mask)
+        unmasked = model(maps, *(x[:, :10] for x in padded))
+    torch.testing.assert_close(long.video_prob, short.video_prob, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(long.segment_prob[:, :6], short.segment_prob, atol=1e-5, rtol=1e-5)
+    # Without the mask the map is spread over 10 segments: the real segments' audio changes.
+    assert not torch.allclose(unmasked.segment_prob[:, :6, 0], short.segment_prob[:, :, 0], atol=1e-3)
+
+
+def test_htsat_map_statistics_count_every_token() -> None:
+    """`standardize` on maps: the audio statistics are over every token of every map (a map has no
+    padding), the visual ones over the real segments."""
+    model = maps_han("standardize")
+    maps = 5 + 2 * torch.randn(4, 64, 12)
+    _, frames, visual3d = han_inputs(batch=4)
+    mask = torch.zeros(4, 10, dtype=torch.bool)
+    mask[0, 3:] = True
+    model.set_input_statistics(maps, frames, visual3d, mask)
+    tokens = maps.reshape(-1, 12)
+    torch.testing.assert_close(model.audio_mean, tokens.mean(0))
+    torch.testing.assert_close(model.audio_std, tokens.std(0))
+    torch.testing.assert_close(model.visual3d_mean, visual3d[~mask].mean(0))
+
+
 def test_han_from_settings_uses_the_paper_defaults() -> None:
     model = HAN.from_settings(HanSettings(), n_classes=25, audio_dim=128, visual2d_dim=2048, visual3d_dim=512)
     layer = model.han_layers[0]
     assert (layer.linear1.out_features, layer.self_attn.num_heads, layer.dropout.p) == (1024, 8, 0.1)
     assert len(model.han_layers) == 1
     assert model.fc_prob.out_features == 25 and model.fc_a.in_features == 128 and model.fc_v.in_features == 2048
+    assert model.config["audio_input"] == "segments"
+    maps = HAN.from_settings(HanSettings(), n_classes=25, audio_dim=768, visual2d_dim=768, visual3d_dim=512, audio_input="htsat_maps")
+    assert maps.config["audio_input"] == "htsat_maps" and maps.fc_a.in_features == 768
 
 
 def test_uwav_loss_reaches_every_han_parameter() -> None:

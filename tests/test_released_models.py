@@ -1,7 +1,8 @@
 """Released reference checkpoints (`uwav.models.released`) against transcriptions of the released
-forwards (AVVP-ECCV20 / VALOR `MMIL_Net`, UWAV `HybridAttentionNet` and `TemporalTransformer`),
-which read the released tensors by their released names with explicit matmuls; and the
-configurable HAN / generator forms and old-checkpoint compatibility that the loaders rely on."""
+forwards (AVVP-ECCV20 / VALOR `MMIL_Net`, its VALOR++ audio path over HTSAT maps, UWAV
+`HybridAttentionNet` and `TemporalTransformer`), which read the released tensors by their released
+names with explicit matmuls; and the configurable HAN / generator forms and old-checkpoint
+compatibility that the loaders rely on."""
 
 from __future__ import annotations
 
@@ -17,17 +18,21 @@ from uwav.catalog import HanSettings, PretrainSettings
 from uwav.errors import InvalidInputError, MissingInputError
 from uwav.models import HAN, AudioVisualPLG, load_released_han, load_released_plg
 from uwav.models.released import han_from_released_state, plg_from_released_state
+from uwav.stages.evaluate import check_model_inputs
 from uwav.training.checkpoints import save_checkpoint
+from uwav.training.data import HanFeatures
 from uwav.training.han_train import load_han
 from uwav.training.pretrain import load_plg
 
 # Small dims: classes, audio, 2-D visual, 3-D visual, model width, FFN.
 C, DA, DV, D3, D, FFN = 5, 12, 20, 9, 32, 48
 # Which update order each released encoder runs (read off its Encoder.forward).
-RELEASED_UPDATE = {"avvp-eccv20": "parallel", "valor": "sequential", "uwav": "sequential"}
-# Heads of each kind's preset (AVVP-ECCV20 MMIL_Net: 1; VALOR script: 8; UWAV train_han.sh: 16).
-RELEASED_HEADS = {"avvp-eccv20": 1, "valor": 8, "uwav": 16}
-LAYERS = {"avvp-eccv20": 1, "valor": 2, "uwav": 3}
+RELEASED_UPDATE = {"avvp-eccv20": "parallel", "valor": "sequential", "valor++": "sequential", "uwav": "sequential"}
+# Heads of each kind's preset (AVVP-ECCV20 MMIL_Net: 1; VALOR scripts: 8; UWAV train_han.sh: 16).
+RELEASED_HEADS = {"avvp-eccv20": 1, "valor": 8, "valor++": 8, "uwav": 16}
+LAYERS = {"avvp-eccv20": 1, "valor": 2, "valor++": 4, "uwav": 3}
+KINDS = ["avvp-eccv20", "valor", "valor++", "uwav"]
+MAP_TOKENS = 64  # a CLAP (HTSAT) map: 2 frequency bands x 32 time steps, token 32 f + t
 
 
 # ---------------------------------------------------------------- released key layouts
@@ -156,22 +161,69 @@ def released_han_layer(sd: dict[str, Tensor], prefix: str, q: Tensor, other: Ten
     return norm(sd, f"{prefix}.norm2", x + lin(sd, f"{prefix}.linear2", torch.relu(lin(sd, f"{prefix}.linear1", x))))
 
 
+def keys_cubic(distance: float) -> float:
+    """Keys' cubic convolution kernel with a = -0.75, the weights of bicubic interpolation."""
+    a, d = -0.75, abs(distance)
+    if d <= 1:
+        return (a + 2) * d**3 - (a + 3) * d**2 + 1
+    return a * d**3 - 5 * a * d**2 + 8 * a * d - 4 * a if d < 2 else 0.0
+
+
+def bicubic_matrix(n_in: int, n_out: int) -> Tensor:
+    """(n_out, n_in) bicubic resampling along one axis, `align_corners=False` (F.interpolate's
+    default): output i samples the input at (i + 1/2) n_in / n_out - 1/2 from its 4 nearest
+    samples, an index outside the input reading the border sample."""
+    matrix = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for i in range(n_out):
+        x = (i + 0.5) * n_in / n_out - 0.5
+        for j in range(math.floor(x) - 1, math.floor(x) + 3):
+            matrix[i, min(max(j, 0), n_in - 1)] += keys_cubic(x - j)
+    return matrix
+
+
+def adaptive_average_matrix(n_in: int, n_out: int) -> Tensor:
+    """(n_out, n_in) adaptive average pooling: output i averages inputs floor(i n_in / n_out) to
+    ceil((i + 1) n_in / n_out) - 1."""
+    matrix = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for i in range(n_out):
+        start, end = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+        matrix[i, start:end] = 1 / (end - start)
+    return matrix
+
+
+def valor_map_audio(sd: dict[str, Tensor], maps: Tensor) -> Tensor:
+    """VALOR `MMIL_Net.forward` on audio of 64 steps, (B, 64, Da) -> (B, 10, d), step by step: the
+    (Da, 2, 32) view (token 32 f + t is band f, time t), bicubic upsampling to (2, 1024), `fc_a`
+    at every one of the 2 x 1024 positions, the mean over the 2 bands, adaptive average pooling of
+    the 1024 positions to 10 segments."""
+    b, _, da = maps.shape
+    grid = maps.transpose(1, 2).reshape(b, da, 2, 32)
+    rows, columns = bicubic_matrix(2, 2).float(), bicubic_matrix(32, 1024).float()
+    upsampled = torch.einsum("hf,wt,bdft->bdhw", rows, columns, grid)  # (B, Da, 2, 1024)
+    projected = lin(sd, "fc_a", upsampled.permute(0, 2, 3, 1))  # (B, 2, 1024, d)
+    return torch.einsum("sw,bwd->bsd", adaptive_average_matrix(1024, 10).float(), projected.mean(dim=1))
+
+
 def released_han_forward(
     sd: dict[str, Tensor], kind: str, audio: Tensor, frames: Tensor, visual3d: Tensor, update: str, layers: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(global_prob (B, C), a_prob / v_prob (B, 2, C), sigmoid(frame_logits) (B, T, 2, C)).
 
-    `frames` (B, 8T, Dv): frames 8t..8t+7 are segment t, as the released models take ResNet features.
+    `frames` (B, 8T, Dv): frames 8t..8t+7 are segment t, as the released models take ResNet
+    features; or (B, T, Dv) (CLIP), one vector per segment, which `MMIL_Net` feeds to `fc_v` as it is.
+    `audio` (B, T, Da), or for `valor++` HTSAT maps (B, 64, Da).
     """
-    b, t = audio.shape[:2]
+    b, t = visual3d.shape[:2]
     if kind == "uwav":
         a = lin(sd, "fc_a.layers.1", torch.relu(lin(sd, "fc_a.layers.0", audio)))
         v2d = frames.reshape(b, t, 8, -1).mean(2)  # reduce 'b (t1 t2) c -> b t1 c', then fc_fusion
         v = lin(sd, "fc_fusion.layers.0", torch.cat([v2d, visual3d], -1))
         frame_att_name, av_att_name = "fc_frame_att.layers.0", "fc_av_att.layers.0"
     else:
-        a = lin(sd, "fc_a", audio)
-        v2d = lin(sd, "fc_v", frames).reshape(b, t, 8, -1).mean(2)  # fc_v per frame, avg_pool2d (8, 1)
+        a = valor_map_audio(sd, audio) if kind == "valor++" else lin(sd, "fc_a", audio)
+        v2d = lin(sd, "fc_v", frames)
+        if frames.shape[1] == 8 * t:
+            v2d = v2d.reshape(b, t, 8, -1).mean(2)  # fc_v per frame, avg_pool2d (8, 1)
         v = lin(sd, "fc_fusion", torch.cat([v2d, lin(sd, "fc_st", visual3d)], -1))
         frame_att_name, av_att_name = "fc_frame_att", "fc_av_att"
     heads = RELEASED_HEADS[kind]
@@ -209,16 +261,22 @@ def han_inputs(batch: int = 3, segments: int = 10) -> tuple[Tensor, Tensor, Tens
     )
 
 
+def htsat_maps(batch: int = 3, width: int = DA) -> Tensor:
+    return torch.randn(batch, MAP_TOKENS, width, generator=torch.Generator().manual_seed(7))
+
+
 # ---------------------------------------------------------------- released HAN
 
 
 @pytest.mark.parametrize("grad_enabled", [False, True])  # no_grad takes MultiheadAttention's fast path
-@pytest.mark.parametrize("kind", ["avvp-eccv20", "valor", "uwav"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_released_han_matches_the_released_forward(kind: str, grad_enabled: bool, tmp_path: Path) -> None:
     layers = LAYERS[kind]
     sd = random_state(released_han_shapes(kind, layers))
     model = load_released_han(save(sd, tmp_path / "model.pt"), kind, visual3d_dim=D3)
     audio, frames, visual3d = han_inputs()
+    if kind == "valor++":
+        audio = htsat_maps()
     with torch.set_grad_enabled(grad_enabled):
         out = model(audio, frames.reshape(3, 10, 8, DV), visual3d)
     with torch.no_grad():
@@ -251,7 +309,7 @@ def ours_for_released_han(kind: str, key: str) -> str:
     return key
 
 
-@pytest.mark.parametrize("kind", ["avvp-eccv20", "valor", "uwav"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_every_released_han_tensor_lands_in_its_parameter(kind: str, caplog: pytest.LogCaptureFixture) -> None:
     sd = random_state(released_han_shapes(kind, LAYERS[kind]))
     unused = sorted(unused_han_keys(kind))
@@ -265,15 +323,61 @@ def test_every_released_han_tensor_lands_in_its_parameter(kind: str, caplog: pyt
     for key in used:
         torch.testing.assert_close(ours[ours_for_released_han(kind, key)], sd[key], rtol=0, atol=0, msg=key)
     preset = {
-        "avvp-eccv20": ("parallel", "linear"),
-        "valor": ("sequential", "linear"),
-        "uwav": ("sequential", "mlp"),
+        "avvp-eccv20": ("parallel", "linear", "segments"),
+        "valor": ("sequential", "linear", "segments"),
+        "valor++": ("sequential", "linear", "htsat_maps"),
+        "uwav": ("sequential", "mlp", "segments"),
     }[kind]
     config = model.config
-    assert (config["update"], config["projection"]) == preset
+    assert (config["update"], config["projection"], config["audio_input"]) == preset
     assert (config["n_classes"], config["d_model"], config["ffn"], config["layers"]) == (C, D, FFN, LAYERS[kind])
     assert (config["audio_dim"], config["visual2d_dim"], config["visual3d_dim"]) == (DA, DV, D3)
     assert config["heads"] == RELEASED_HEADS[kind] == model.han_layers[0].self_attn.num_heads
+
+
+def test_valor_plus_plus_at_its_released_size(tmp_path: Path) -> None:
+    """`scripts/test_valor++.sh`'s model (hidden 256, 8 heads, FFN 1024, 4 layers; CLAP maps 768,
+    CLIP 768, R(2+1)D 512, 25 classes), read as a bare `checkpoint_best.pt` state dict, on
+    (B, 64, 768) maps, (B, 10, 768) CLIP and (B, 10, 512) R(2+1)D: VALOR++'s global and frame
+    probabilities within 1e-5 (fp32, eval)."""
+    shapes = released_han_shapes("valor++", 4, classes=25, audio=768, visual2d=768, visual3d=512, width=256, ffn=1024)
+    sd = {key: value / 4 for key, value in random_state(shapes, seed=3).items()}  # weights of a trained scale
+    model = load_released_han(save(sd, tmp_path / "checkpoint_best.pt"), "valor++")
+    config = model.config
+    assert (config["d_model"], config["layers"], config["heads"], config["ffn"]) == (256, 4, 8, 1024)
+    assert (config["audio_dim"], config["visual2d_dim"], config["visual3d_dim"], config["n_classes"]) == (768, 768, 512, 25)
+    generator = torch.Generator().manual_seed(4)
+    maps, clip, r2plus1d = (torch.randn(2, *shape, generator=generator) for shape in ((64, 768), (10, 768), (10, 512)))
+    with torch.no_grad():
+        out = model(maps, clip, r2plus1d)
+        video, _, segment = released_han_forward(sd, "valor++", maps, clip, r2plus1d, "sequential", 4)
+    torch.testing.assert_close(out.video_prob, video, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.segment_prob, segment, atol=1e-5, rtol=1e-5)
+    assert out.segment_prob.shape == (2, 10, 2, 25)
+    assert 0.05 < float(out.segment_prob.std())  # outputs that vary: the comparison is not between constants
+
+
+def test_valor_kinds_differ_only_in_the_audio_they_take(tmp_path: Path) -> None:
+    """One VALOR state dict: `valor` takes per-segment audio, `valor++` HTSAT maps; each refuses the
+    other's audio naming the shape it expects, and the evaluate stage refuses a model whose audio
+    the catalog's HAN inputs do not give, naming the setting."""
+    path = save(random_state(released_han_shapes("valor", 1)), tmp_path / "checkpoint_best.pt")
+    valor, valor_plus_plus = load_released_han(path, "valor"), load_released_han(path, "valor++")
+    assert valor_plus_plus.state_dict().keys() == valor.state_dict().keys()
+    segments, frames, visual3d = han_inputs()
+    with pytest.raises(ValueError, match=r"audio \(3, 10, 12\) \(expected \(3, 64, \.\.\.\), HTSAT maps\)"):
+        valor_plus_plus(segments, frames.reshape(3, 10, 8, DV), visual3d)
+    with pytest.raises(ValueError, match=r"audio \(3, 64, 12\) \(expected \(3, 10, \.\.\.\)\)"):
+        valor(htsat_maps(), frames.reshape(3, 10, 8, DV), visual3d)
+    per_segment = HanFeatures.from_arrays(segments, frames.reshape(3, 10, 8, DV), visual3d)
+    maps = HanFeatures.from_arrays(htsat_maps(), frames.reshape(3, 10, 8, DV), visual3d, audio_input="htsat_maps")
+    classes = [f"class{i}" for i in range(C)]
+    check_model_inputs(valor_plus_plus, maps, classes, "VALOR++")
+    check_model_inputs(valor, per_segment, classes, "VALOR")
+    with pytest.raises(InvalidInputError, match=r"VALOR\+\+: the model takes audio as htsat_maps, .* give segments; set stages.train.han.inputs to clap_maps"):
+        check_model_inputs(valor_plus_plus, per_segment, classes, "VALOR++")
+    with pytest.raises(InvalidInputError, match="takes audio as segments, .* give htsat_maps; set stages.train.han.inputs to clip_clap or official"):
+        check_model_inputs(valor, maps, classes, "VALOR")
 
 
 def test_heads_override_and_module_prefix(tmp_path: Path) -> None:
@@ -445,9 +549,11 @@ def test_from_settings_passes_the_update_projection_and_architecture() -> None:
 
 
 def test_han_checkpoint_without_update_or_projection_loads_as_sequential_linear(tmp_path: Path) -> None:
+    """Checkpoints older than `update`, `projection` and `audio_input` rebuild the HAN they were
+    trained as: sequential, linear, per-segment audio."""
     torch.manual_seed(3)
     trained = HAN(n_classes=C, audio_dim=DA, visual2d_dim=DV, visual3d_dim=D3, d_model=D, ffn=FFN, heads=4, layers=2, update="sequential").eval()
-    old_config = {key: value for key, value in trained.config.items() if key not in ("update", "projection")}
+    old_config = {key: value for key, value in trained.config.items() if key not in ("update", "projection", "audio_input")}
     save_checkpoint(tmp_path / "old", trained, {"identity": {"stage": "han", "model": old_config}})
     loaded = load_han(tmp_path / "old")
     audio, frames, visual3d = han_inputs()
@@ -460,7 +566,7 @@ def test_han_checkpoint_without_update_or_projection_loads_as_sequential_linear(
         parallel_prob = parallel(audio, frames, visual3d).video_prob
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert not torch.allclose(parallel_prob, expected, atol=1e-4)  # the default order would not reproduce it
-    assert (loaded.config["update"], loaded.config["projection"]) == ("sequential", "linear")
+    assert (loaded.config["update"], loaded.config["projection"], loaded.config["audio_input"]) == ("sequential", "linear", "segments")
 
 
 def test_plg_checkpoints_old_and_released_load_through_load_plg(tmp_path: Path) -> None:

@@ -85,12 +85,22 @@ def pretrain_data(seed: int = 0, n: int = 16, t: int = 6, c: int = 4, dim: int =
     return PretrainData.from_arrays(visual, audio, lengths, labels, visual_text, audio_text)
 
 
+def htsat_maps_of(audio: np.ndarray, code: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(N, 64, D) HTSAT-like maps of audio labels (N, T, C): 2 frequency bands x 32 time steps
+    (token 32 f + t), time step t of both bands coding the classes of the segment it falls in."""
+    n, t, _ = audio.shape
+    steps = audio[:, (np.arange(32) * t) // 32].astype(np.float32) @ code  # (N, 32, D)
+    return np.concatenate([steps, steps], axis=1) + 0.3 * rng.normal(size=(n, 64, code.shape[1]))
+
+
 def han_split(
-    rng: np.random.Generator, n: int, c: int, t: int, one_event: bool = False
+    rng: np.random.Generator, n: int, c: int, t: int, one_event: bool = False, audio_maps: bool = False, audio_rate: float = 0.6
 ) -> tuple[HanFeatures, np.ndarray, np.ndarray, np.ndarray]:
     """Features that encode the dense labels (so the problem is learnable); returns (features, video labels, audio, visual).
 
     `one_event`: AVE-style, one audio-visual event (a run of segments) per video, background elsewhere.
+    `audio_maps`: the audio as one HTSAT-like map per video (`htsat_maps_of`), VALOR++'s input;
+    `audio_rate`: the share of a video's segments where each of its classes sounds.
     """
     if one_event:
         onset = rng.integers(0, t - 1, n)
@@ -101,24 +111,32 @@ def han_split(
         video = classes
     else:
         video = rng.random((n, c)) < 0.4
-        audio = video[:, None, :] & (rng.random((n, t, c)) < 0.6)
+        audio = video[:, None, :] & (rng.random((n, t, c)) < audio_rate)
         visual = video[:, None, :] & (rng.random((n, t, c)) < 0.6)
     codes = np.random.default_rng(123)  # the same class codes for every split
     audio_code, frame_code, motion_code = codes.normal(size=(c, 6)), codes.normal(size=(c, 3, 10)), codes.normal(size=(c, 4))
+    if audio_maps:
+        audio_features = htsat_maps_of(audio, audio_code, rng)
+    else:
+        audio_features = audio.astype(np.float32) @ audio_code + 0.3 * rng.normal(size=(n, t, 6))
     features = HanFeatures.from_arrays(
-        audio.astype(np.float32) @ audio_code + 0.3 * rng.normal(size=(n, t, 6)),
+        audio_features,
         np.einsum("ntc,cfd->ntfd", visual.astype(np.float32), frame_code) + 0.3 * rng.normal(size=(n, t, 3, 10)),
         visual.astype(np.float32) @ motion_code + 0.3 * rng.normal(size=(n, t, 4)),
+        audio_input="htsat_maps" if audio_maps else "segments",
     )
     return features, video, audio, visual
 
 
-def han_data(seed: int = 0, n: int = 48, n_val: int = 16, c: int = 4, t: int = 5, one_event: bool = False) -> HanTrainData:
+def han_data(
+    seed: int = 0, n: int = 48, n_val: int = 16, c: int = 4, t: int = 5, one_event: bool = False,
+    audio_maps: bool = False, audio_rate: float = 0.6,
+) -> HanTrainData:
     rng = np.random.default_rng(seed)
-    train, video, audio, visual = han_split(rng, n, c, t, one_event)
+    train, video, audio, visual = han_split(rng, n, c, t, one_event, audio_maps, audio_rate)
     dense = np.stack([audio, visual], axis=2).astype(np.float32)  # (N, T, 2, C)
     soft = np.where(dense > 0, 0.8, 0.1) * video[:, None, None, :]
-    val, _, val_audio, val_visual = han_split(rng, n_val, c, t, one_event)
+    val, _, val_audio, val_visual = han_split(rng, n_val, c, t, one_event, audio_maps, audio_rate)
     return HanTrainData.from_arrays(
         train, video, soft, dense, LabelledSplit.from_arrays(val, val_audio, val_visual)
     )
@@ -241,6 +259,71 @@ def test_frames_are_averaged_at_load() -> None:
     assert torch.allclose(features.visual2d, frames.mean(2))
     with pytest.raises(ValueError, match="visual3d"):
         HanFeatures.from_arrays(torch.randn(2, 3, 4), frames, torch.randn(2, 4, 6))
+
+
+def test_htsat_maps_are_one_array_per_video() -> None:
+    """VALOR++'s audio: (N, 64, D) maps beside (N, T, D) visual streams; T, the lengths and the
+    padding come from the visual streams, and a map has no padded rows."""
+    maps, visual2d, visual3d = torch.randn(3, 64, 4), torch.randn(3, 10, 5), torch.randn(3, 10, 6)
+    features = HanFeatures.from_arrays(maps, visual2d, visual3d, lengths=[10, 7, 10], audio_input="htsat_maps")
+    assert (features.n_videos, features.n_segments, features.widths) == (3, 10, (4, 5, 6))
+    assert features.padding_mask.sum() == 3 and features.audio_input == "htsat_maps"
+    audio_rows, visual2d_rows, _ = features.real_rows()
+    assert audio_rows.shape == (3 * 64, 4) and visual2d_rows.shape == (27, 5)
+    with pytest.raises(ValueError, match=r"audio: expected \(N=3, 64, \.\.\.\), one HTSAT map per video, got \(3, 10, 4\)"):
+        HanFeatures.from_arrays(torch.randn(3, 10, 4), visual2d, visual3d, audio_input="htsat_maps")
+    with pytest.raises(ValueError, match=r"audio: expected \(N=3, 10, \.\.\.\), like visual2d, got \(3, 64, 4\)"):
+        HanFeatures.from_arrays(maps, visual2d, visual3d)
+    segments = HanFeatures.from_arrays(torch.randn(3, 10, 4), visual2d, visual3d)
+    video_labels, labels = np.ones((3, 2)), np.zeros((3, 10, 2, 2))
+    val = LabelledSplit.from_arrays(segments, np.zeros((3, 10, 2)), np.zeros((3, 10, 2)))
+    with pytest.raises(ValueError, match="val: audio input 'segments' differs from train 'htsat_maps'"):
+        HanTrainData.from_arrays(features, video_labels, labels, labels, val)
+
+
+def time_shuffled(features: HanFeatures, seed: int) -> HanFeatures:
+    """The same maps with each video's 32 time steps in a random order (the same in both bands):
+    what sounds, but no longer when."""
+    import dataclasses
+
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.stack([torch.randperm(32, generator=generator) for _ in range(features.n_videos)])
+    tokens = torch.cat([order, order + 32], dim=1)[:, :, None].expand(-1, -1, features.audio.shape[2])
+    return dataclasses.replace(features, audio=torch.gather(features.audio, 1, tokens))
+
+
+def test_train_han_on_htsat_maps(tmp_path: Path) -> None:
+    """VALOR++'s input through `train_han`, 10 segments per video: only the maps say when each
+    audio event sounds, and the HAN learns it (segment-level audio F1 far above what the same
+    training reaches on the same maps with their time steps shuffled); its checkpoint rebuilds a
+    HAN that takes maps. Padded videos with standardised inputs train as well, with audio
+    statistics over every map token."""
+    import dataclasses
+
+    data = han_data(audio_maps=True, t=10, audio_rate=0.5)
+    assert data.train.audio.shape == (48, 64, 6) and data.train.n_segments == 10
+    settings = han_settings(epochs=12)
+    result = train_han(data, settings, tmp_path / "maps", progress=False)
+    shuffled = dataclasses.replace(
+        data, train=time_shuffled(data.train, 0), val=dataclasses.replace(data.val, features=time_shuffled(data.val.features, 1))
+    )
+    timeless = train_han(shuffled, settings, tmp_path / "shuffled", progress=False)
+    learned, guessed = result.history[-1]["val_seg_a"], timeless.history[-1]["val_seg_a"]
+    assert learned > guessed + 15, (learned, guessed)
+    reloaded = load_han(result.best_checkpoint)
+    assert reloaded.config["audio_input"] == "htsat_maps"
+    assert evaluate_han(reloaded, data.val)["seg_type"] == pytest.approx(result.best_score, abs=1e-9)
+
+    lengths = np.full(data.train.n_videos, data.train.n_segments)
+    lengths[::3] = 3
+    train = HanFeatures.from_arrays(
+        data.train.audio, data.train.visual2d, data.train.visual3d, lengths=lengths, audio_input="htsat_maps"
+    )
+    padded = dataclasses.replace(data, train=train)
+    standardized = han_settings(epochs=1, han=TINY_HAN.model_copy(update={"input_norm": "standardize", "inputs": "clap_maps"}))
+    again = train_han(padded, standardized, tmp_path / "padded", progress=False)
+    assert math.isfinite(again.history[0]["loss"])
+    assert torch.allclose(again.model.audio_mean, data.train.audio.reshape(-1, 6).mean(0), atol=1e-6)
 
 
 # ---------------------------------------------------------------- stage 1

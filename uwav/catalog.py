@@ -283,7 +283,9 @@ class HanSettings(_Strict):
     random-initialised encoders (`uwav.models.han`).
     """
 
-    inputs: Literal["official", "clip_clap"] = "clip_clap"
+    # The store features the HAN reads (`uwav.contracts.HAN_INPUT_FEATURES`): `clap_maps` is
+    # VALOR++'s, CLAP's per-video HTSAT token map as audio (resampled to segments by the HAN).
+    inputs: Literal["official", "clip_clap", "clap_maps"] = "clip_clap"
     update: Literal["parallel", "sequential"] = "parallel"
     projection: Literal["linear", "mlp"] = "linear"
     input_norm: Literal["none", "standardize"] = "none"
@@ -509,7 +511,11 @@ class Catalog(_Strict):
     def used_encoders(self) -> list[str]:
         """The `encoders` entries the pipeline or `uwav parse` may build: CLIP and CLAP (the
         generator's inputs) and those of the HAN inputs (`stages.train.han.inputs`)."""
-        han = {"clip_clap": ("clip", "clap", "r2plus1d"), "official": ("vggish", "resnet152", "r2plus1d")}
+        han = {
+            "clip_clap": ("clip", "clap", "r2plus1d"),
+            "official": ("vggish", "resnet152", "r2plus1d"),
+            "clap_maps": ("clip", "clap", "r2plus1d"),  # the maps come from the CLAP audio encoder
+        }
         return list(dict.fromkeys(("clip", "clap", *han[self.stages.train.han.inputs])))
 
     def locations(self) -> dict[str, str]:

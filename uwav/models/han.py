@@ -11,6 +11,17 @@ reference code (`fc_a`, `fc_v`, `fc_st`, `fc_fusion`, `cm_attn`, `self_attn`, `l
 - `projection`: `linear` is `fc_fusion(concat(fc_v(visual2d), fc_st(visual3d)))` with a linear
   `fc_a` (AVVP-ECCV20, VALOR); `mlp` is the UWAV release's: `fc_a` a 2-layer MLP (audio ->
   2d -> d, ReLU) and one linear `fc_fusion` over concat(2-D frame mean, 3-D feature).
+- `audio_input` (`uwav.contracts.HanAudioInput`): `segments` takes one audio vector per segment
+  (B, T, Da); `htsat_maps` takes per video CLAP's HTSAT token map (B, 64, Da), 2 frequency bands x
+  32 time steps (VALOR++). VALOR `main_network.py` views the map as (Da, 2, 32), upsamples it
+  bicubically to (2, 1024) (`align_corners=False`), applies `fc_a` at every position, averages the
+  two bands and adaptive-average-pools the 1024 steps to the 10 segments. Everything after the
+  view is linear in the map, with weights that sum to 1 per output, so that path is
+  `fc_a(R x)` for one fixed (T, 64) matrix R, which `htsat_map_resampling` obtains by running those
+  torch operations on the identity: the same function, with `fc_a` on T segments instead of 2048
+  positions. A padded video of L < T segments has its map resampled to its L segments (VALOR's
+  clips are all 10). With `projection: mlp` (no release combines it with maps) the MLP takes the
+  resampled segments.
 
 - `input_norm` (uwav's, not in the paper or any release; default `none`): `standardize` keeps
   per-dimension means and standard deviations of the training inputs as buffers (saved with the
@@ -28,14 +39,16 @@ Only the post-norm layer is built: every released training script uses it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from uwav.catalog import HanSettings
+from uwav.contracts import HTSAT_MAP_STEPS, HanAudioInput
 from uwav.errors import InvalidInputError
 
 AUDIO, VISUAL = 0, 1  # order of the modality axis of every (B, T, 2, ...) output
@@ -48,16 +61,58 @@ INPUT_STREAMS: tuple[str, str, str] = ("audio", "visual2d", "visual3d")
 # that a (nearly) constant training dimension cannot blow up unseen inputs.
 STD_FLOOR_FRACTION = 1e-3
 STATISTICS_CHUNK_ROWS = 65536
+HTSAT_BANDS, HTSAT_TIME_STEPS = 2, 32  # the layout of an HTSAT map's HTSAT_MAP_STEPS tokens, band-major
+VALOR_UPSAMPLED_STEPS = 1024  # VALOR's bicubic upsampling of the 32 time steps, before pooling to segments
+AUDIO_INPUTS: tuple[str, ...] = get_args(HanAudioInput)
 
 # The released configurations, as HAN constructor arguments (d_model and the input dims come from
 # the data, or from a released state dict's shapes). Sources: AVVP-ECCV20 `MMIL_Net`; VALOR
-# `main_network.py` with its training script's 8 heads / FFN 1024 (VALOR++ checkpoints are
-# 256 wide with 4 layers); UWAV `scripts/train_han.sh` (5 layers, 16 heads, FFN 2048).
+# `main_network.py` with its training scripts' 8 heads / FFN 1024 (VALOR+ and VALOR++ are 256
+# wide with 4 layers; VALOR++ takes CLAP's HTSAT maps as audio, `scripts/train_valor++.sh`);
+# UWAV `scripts/train_han.sh` (5 layers, 16 heads, FFN 2048).
 HAN_PRESETS: dict[str, dict[str, Any]] = {
     "avvp-eccv20": {"layers": 1, "heads": 1, "ffn": 512, "update": "parallel", "projection": "linear", "dropout": 0.1},
     "valor": {"layers": 1, "heads": 8, "ffn": 1024, "update": "sequential", "projection": "linear", "dropout": 0.1},
+    "valor++": {
+        "layers": 4, "heads": 8, "ffn": 1024, "update": "sequential", "projection": "linear", "dropout": 0.1,
+        "audio_input": "htsat_maps",
+    },
     "uwav-released": {"layers": 5, "heads": 16, "ffn": 2048, "update": "sequential", "projection": "mlp", "dropout": 0.1},
 }
+
+
+def _map_resampling(length: int, n_segments: int) -> Tensor:
+    basis = torch.eye(HTSAT_MAP_STEPS, dtype=torch.float64).reshape(1, HTSAT_MAP_STEPS, HTSAT_BANDS, HTSAT_TIME_STEPS)
+    upsampled = F.interpolate(basis, size=(HTSAT_BANDS, VALOR_UPSAMPLED_STEPS), mode="bicubic", align_corners=False)
+    pooled = F.adaptive_avg_pool1d(upsampled.mean(dim=2), length)[0].T  # (length, steps)
+    return F.pad(pooled, (0, 0, 0, n_segments - length))
+
+
+_cached_map_resampling = functools.lru_cache(maxsize=1024)(_map_resampling)
+
+
+def htsat_map_resampling(length: int, n_segments: int) -> Tensor:
+    """(n_segments, HTSAT_MAP_STEPS) float64: row t < `length` is segment t of VALOR's map-to-segments
+    path pooled to `length` segments, without `fc_a` (module docstring); rows from `length` on are 0.
+
+    Obtained by running VALOR's operations on the identity: basis map s is one at token s and zero
+    elsewhere, which VALOR's `view` puts at band s // 32, time step s % 32. Cached; under
+    torch.compile computed in the graph instead (dynamo does not honour the cache).
+    """
+    if torch.compiler.is_compiling():
+        return _map_resampling(length, n_segments)
+    return _cached_map_resampling(length, n_segments)
+
+
+def resample_htsat_maps(maps: Tensor, n_segments: int, padding_mask: Tensor | None = None) -> Tensor:
+    """Per-segment audio (B, n_segments, D) from HTSAT maps (B, HTSAT_MAP_STEPS, D): each video's map
+    resampled to its real segments (all `n_segments` without a mask; padding is trailing, as
+    `uwav.training.data.padding_mask_from_lengths` makes it), zeros at padded segments."""
+    if padding_mask is None:
+        return torch.matmul(htsat_map_resampling(n_segments, n_segments).to(maps), maps)
+    lengths = (~padding_mask).sum(dim=1).tolist()
+    resampling = torch.stack([htsat_map_resampling(length, n_segments) for length in lengths])
+    return torch.bmm(resampling.to(maps), maps)
 
 
 @dataclass(frozen=True)
@@ -111,9 +166,9 @@ class HANLayer(nn.Module):
 class HAN(nn.Module):
     """HAN + attentive MMIL pooling.
 
-    Inputs: audio (VGGish 128-d or CLAP), 2-D visual (ResNet-152 2048-d or CLIP), 3-D visual
-    (R(2+1)D-18 512-d); the dims are constructor arguments. The layers are shared by both modalities.
-    `update` and `projection`: see the module docstring.
+    Inputs: audio (VGGish 128-d, CLAP, or CLAP's HTSAT maps), 2-D visual (ResNet-152 2048-d or
+    CLIP), 3-D visual (R(2+1)D-18 512-d); the dims are constructor arguments. The layers are shared
+    by both modalities. `update`, `projection` and `audio_input`: see the module docstring.
     """
 
     def __init__(
@@ -130,6 +185,7 @@ class HAN(nn.Module):
         update: HanUpdate = "parallel",
         projection: HanProjection = "linear",
         input_norm: HanInputNorm = "none",
+        audio_input: HanAudioInput = "segments",
     ) -> None:
         super().__init__()
         if d_model % heads != 0:
@@ -137,19 +193,24 @@ class HAN(nn.Module):
                 f"HAN: {heads} attention heads do not divide d_model={d_model}; "
                 "set stages.train.han.heads to a divisor of d_model"
             )
-        if update not in ("parallel", "sequential") or projection not in ("linear", "mlp") or input_norm not in ("none", "standardize"):
+        if (
+            update not in ("parallel", "sequential") or projection not in ("linear", "mlp")
+            or input_norm not in ("none", "standardize") or audio_input not in AUDIO_INPUTS
+        ):
             raise InvalidInputError(
                 f"HAN: update must be 'parallel' or 'sequential' (got {update!r}), "
-                f"projection 'linear' or 'mlp' (got {projection!r}), input_norm 'none' or 'standardize' (got {input_norm!r})"
+                f"projection 'linear' or 'mlp' (got {projection!r}), input_norm 'none' or 'standardize' (got {input_norm!r}), "
+                f"audio_input one of {', '.join(AUDIO_INPUTS)} (got {audio_input!r})"
             )
         self.n_classes = n_classes
         self.update = update
         self.projection = projection
+        self.audio_input = audio_input
         # The constructor arguments: checkpoints store them, and `load_han` rebuilds the model from them.
         self.config = {
             "n_classes": n_classes, "audio_dim": audio_dim, "visual2d_dim": visual2d_dim, "visual3d_dim": visual3d_dim,
             "d_model": d_model, "ffn": ffn, "heads": heads, "layers": layers, "dropout": dropout,
-            "update": update, "projection": projection, "input_norm": input_norm,
+            "update": update, "projection": projection, "input_norm": input_norm, "audio_input": audio_input,
         }
         self.input_norm = input_norm
         if input_norm == "standardize":  # identity until `set_input_statistics`
@@ -172,9 +233,16 @@ class HAN(nn.Module):
 
     @classmethod
     def from_settings(
-        cls, settings: HanSettings, n_classes: int, audio_dim: int, visual2d_dim: int, visual3d_dim: int
+        cls,
+        settings: HanSettings,
+        n_classes: int,
+        audio_dim: int,
+        visual2d_dim: int,
+        visual3d_dim: int,
+        audio_input: HanAudioInput = "segments",
     ) -> HAN:
-        """The HAN the catalog's `stages.train.han` describes: how training builds it."""
+        """The HAN the catalog's `stages.train.han` describes, for inputs of these widths and audio
+        form (the training data's): how training builds it."""
         return cls(
             n_classes=n_classes,
             audio_dim=audio_dim,
@@ -188,6 +256,7 @@ class HAN(nn.Module):
             update=settings.update,
             projection=settings.projection,
             input_norm=settings.input_norm,
+            audio_input=audio_input,
         )
 
     @torch.no_grad()
@@ -195,14 +264,16 @@ class HAN(nn.Module):
         self, audio: Tensor, visual2d: Tensor, visual3d: Tensor, padding_mask: Tensor | None = None
     ) -> None:
         """Set the `standardize` buffers from training inputs (as `forward` takes them), over their
-        real segments; 2-D frames are averaged first, as `encode` does before standardising."""
+        real segments (every token of HTSAT maps); 2-D frames are averaged first, as `encode` does
+        before standardising."""
         if self.input_norm != "standardize":
             raise ValueError(f"HAN.set_input_statistics: input_norm is {self.input_norm!r}, not 'standardize'")
         real = None if padding_mask is None else ~padding_mask.to(audio.device)
         for stream, values in zip(INPUT_STREAMS, (audio, visual2d, visual3d), strict=True):
             if values.dim() == 4:
                 values = values.mean(dim=2)
-            rows = (values if real is None else values[real]).reshape(-1, values.shape[-1])
+            per_video = stream == "audio" and self.audio_input == "htsat_maps"  # a map has no padding
+            rows = (values if real is None or per_video else values[real]).reshape(-1, values.shape[-1])
             if rows.shape[0] < 2:
                 raise ValueError(f"HAN.set_input_statistics: {stream} has {rows.shape[0]} real segments; need at least 2")
             # float64 sums over chunks: exact enough, without a float64 copy of a whole training set.
@@ -225,9 +296,13 @@ class HAN(nn.Module):
         # Feature stores may hold float16; compute in the weights' dtype (autocast still applies on top).
         dtype = self.fc_prob.weight.dtype
         audio, visual2d, visual3d = audio.to(dtype), visual2d.to(dtype), visual3d.to(dtype)
-        if not (audio.shape[:2] == visual2d.shape[:2] == visual3d.shape[:2]):
+        batch, n_segments = visual2d.shape[:2]
+        maps = self.audio_input == "htsat_maps"
+        audio_rows = HTSAT_MAP_STEPS if maps else n_segments
+        if visual3d.shape[:2] != (batch, n_segments) or audio.shape[:2] != (batch, audio_rows):
             raise ValueError(
-                f"HAN: inputs disagree on (batch, segments): audio {tuple(audio.shape)}, "
+                f"HAN: inputs disagree on (batch, segments): audio {tuple(audio.shape)} "
+                f"(expected ({batch}, {audio_rows}, ...){', HTSAT maps' if maps else ''}), "
                 f"visual2d {tuple(visual2d.shape)}, visual3d {tuple(visual3d.shape)}"
             )
         if self.input_norm == "standardize":
@@ -237,6 +312,8 @@ class HAN(nn.Module):
                 (values - getattr(self, f"{stream}_mean").to(dtype)) / getattr(self, f"{stream}_std").to(dtype)
                 for stream, values in zip(INPUT_STREAMS, (audio, visual2d, visual3d), strict=True)
             )
+        if maps:
+            audio = resample_htsat_maps(audio, n_segments, padding_mask)
         a = self.fc_a(audio)
         v = self.project_visual(visual2d, visual3d)
         for layer in self.han_layers:
@@ -267,8 +344,8 @@ class HAN(nn.Module):
     def forward(
         self, audio: Tensor, visual2d: Tensor, visual3d: Tensor, padding_mask: Tensor | None = None
     ) -> HANOutput:
-        """audio (B, T, Da); visual2d (B, T, Dv) or (B, T, frames, Dv); visual3d (B, T, D3);
-        padding_mask (B, T) bool, True = padded segment, or None."""
+        """audio (B, T, Da), or HTSAT maps (B, 64, Da) with `audio_input: htsat_maps`; visual2d (B, T, Dv)
+        or (B, T, frames, Dv); visual3d (B, T, D3); padding_mask (B, T) bool, True = padded segment, or None."""
         features = self.encode(audio, visual2d, visual3d, padding_mask)
         logits = self.classify(features)
         prob = torch.sigmoid(logits)

@@ -1,4 +1,4 @@
-"""Released reference checkpoints as uwav models: the HAN of AVVP-ECCV20, VALOR(++) and UWAV, and
+"""Released reference checkpoints as uwav models: the HAN of AVVP-ECCV20, VALOR, VALOR+, VALOR++ and UWAV, and
 the UWAV release's pseudo-label generator, so that published weights can be evaluated or used to
 label data here.
 
@@ -10,8 +10,14 @@ A released file is what the reference training code saves, `torch.save(model.sta
   Its forward never runs `audio_encoder`, `visual_encoder`, `cmt_encoder` nor the encoder's
   `norm1/norm2`: those keys are ignored. Its encoder feeds every layer the original inputs, so a
   file with more than one HAN layer is refused.
-- `valor`: VALOR `MMIL_Net` (`main_network.py`; VALOR++ is 256 wide with 4 layers, the shapes
-  say so); `hat_encoder.final_norm_a/_v` run only with pre-norm and are ignored.
+- `valor`: VALOR `MMIL_Net` (`main_network.py`) on one audio vector per segment: VALOR (VGGish,
+  ResNet-152, R(2+1)D; 512 wide, 1 layer) and VALOR+ (the same features; 256 wide, 4 layers), any
+  width and depth (the shapes say so); `hat_encoder.final_norm_a/_v` run only with pre-norm and are
+  ignored. Its `checkpoint_best.pt` is a bare `model.state_dict()`.
+- `valor++`: the same `MMIL_Net` layout, built to take CLAP's HTSAT maps (B, 64, 768) as audio,
+  which `MMIL_Net.forward` resamples to the 10 segments (`uwav.models.han`, `audio_input`), with
+  CLIP (B, 10, 768) and R(2+1)D (B, 10, 512) (`scripts/train_valor++.sh`: 256 wide, 4 layers,
+  8 heads, FFN 1024). The file cannot say which audio it was trained on: the kind does.
 - `uwav`: UWAV `HybridAttentionNet` (`model/HAN.py`): `fc_a.layers.0/1` (MLP), `fc_fusion.layers.0`
   over concat(2-D, 3-D) (split with `visual3d_dim`), `fc_frame_att.layers.0`, `fc_av_att.layers.0`
   (the script's one projection layer and one MMIL layer); `final_norm_a/_v` ignored.
@@ -42,10 +48,12 @@ from uwav.models.plg import AudioVisualPLG
 
 logger = logging.getLogger(__name__)
 
-ReleasedHanKind = Literal["avvp-eccv20", "valor", "uwav"]
+ReleasedHanKind = Literal["avvp-eccv20", "valor", "valor++", "uwav"]
 
-# Which preset of `HAN_PRESETS` a kind's heads, update order, projection and dropout come from.
-RELEASED_HAN_PRESETS: dict[str, str] = {"avvp-eccv20": "avvp-eccv20", "valor": "valor", "uwav": "uwav-released"}
+# Which preset of `HAN_PRESETS` a kind's heads, update order, projection, dropout and audio input come from.
+RELEASED_HAN_PRESETS: dict[str, str] = {
+    "avvp-eccv20": "avvp-eccv20", "valor": "valor", "valor++": "valor++", "uwav": "uwav-released",
+}
 # The UWAV release's generator settings (`scripts/train_transformer.sh`: nhead 16, dropout 0.3).
 RELEASED_PLG_HEADS = 16
 RELEASED_PLG_DROPOUT = 0.3
@@ -54,6 +62,7 @@ RELEASED_PLG_DROPOUT = 0.3
 _IGNORED_PREFIXES: dict[str, tuple[str, ...]] = {
     "avvp-eccv20": ("audio_encoder.", "visual_encoder.", "cmt_encoder.", "hat_encoder.norm1.", "hat_encoder.norm2."),
     "valor": ("hat_encoder.final_norm_a.", "hat_encoder.final_norm_v."),
+    "valor++": ("hat_encoder.final_norm_a.", "hat_encoder.final_norm_v."),
     "uwav": ("hat_encoder.final_norm_a.", "hat_encoder.final_norm_v."),
 }
 _ATTENTION_PARAMS = ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")
@@ -208,6 +217,7 @@ def han_from_released_state(
         dropout=preset["dropout"],
         update=preset["update"],
         projection=preset["projection"],
+        audio_input=preset.get("audio_input", "segments"),
     )
     _load_mapped(model, tensors, key_map, source, what)
     if ignored:

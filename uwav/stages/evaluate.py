@@ -13,7 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from uwav.catalog import Catalog
-from uwav.contracts import EvaluateOutputs, PseudoLabelsOutputs, TrainOutputs
+from uwav.contracts import (
+    HAN_AUDIO_INPUT,
+    EvaluateOutputs,
+    PseudoLabelsOutputs,
+    TrainOutputs,
+)
 from uwav.errors import InvalidInputError, UwavError
 from uwav.stages.inputs import labelled_split, target_task
 from uwav.stages.planner import StageResult, stage_record, state_dir
@@ -29,8 +34,8 @@ log = logging.getLogger(__name__)
 
 # "checkpoint": a uwav checkpoint folder (stage 2's `best/`, a promoted model); the others are
 # released state dicts read by `uwav.models.released.load_released_han`.
-ModelKind = Literal["checkpoint", "avvp-eccv20", "valor", "uwav"]
-MODEL_KINDS: tuple[str, ...] = ("checkpoint", "avvp-eccv20", "valor", "uwav")
+ModelKind = Literal["checkpoint", "avvp-eccv20", "valor", "valor++", "uwav"]
+MODEL_KINDS: tuple[str, ...] = ("checkpoint", "avvp-eccv20", "valor", "valor++", "uwav")
 
 
 def check_model_argument(path: Path, kind: str) -> None:
@@ -56,8 +61,14 @@ def load_han_model(path: Path, kind: str, device: str = "cpu") -> HAN:
 
 
 def check_model_inputs(model: HAN, features: HanFeatures, classes: Sequence[str], source: str) -> None:
-    """Refuse a model whose input widths or class count differ from the catalog's features and target."""
+    """Refuse a model whose input widths, audio form or class count differ from the catalog's features and target."""
     config = model.config
+    if model.audio_input != features.audio_input:
+        fitting = [inputs for inputs, form in HAN_AUDIO_INPUT.items() if form == model.audio_input]
+        raise InvalidInputError(
+            f"{source}: the model takes audio as {model.audio_input}, the catalog's HAN inputs give "
+            f"{features.audio_input}; set stages.train.han.inputs to {' or '.join(fitting)}"
+        )
     expected = {"audio": config["audio_dim"], "visual2d": config["visual2d_dim"], "visual3d": config["visual3d_dim"]}
     found = dict(zip(("audio", "visual2d", "visual3d"), features.widths))
     wrong = [f"{name} {found[name]} (model: {expected[name]})" for name in expected if found[name] != expected[name]]

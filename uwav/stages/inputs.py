@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from uwav.catalog import Catalog, Task
-from uwav.contracts import HAN_INPUT_FEATURES, PLG_FEATURES, AudioVisual, PretrainOutputs, text_embedding_name
+from uwav.contracts import HAN_AUDIO_INPUT, HAN_INPUT_FEATURES, PLG_FEATURES, AudioVisual, PretrainOutputs, text_embedding_name
 from uwav.errors import StageError
 from uwav.stages.planner import stage_record
 
@@ -69,10 +69,11 @@ def han_features(catalog: Catalog, store: FeatureStore, manifest: pl.DataFrame) 
     """HAN inputs of the usable videos of `manifest` per the catalog's `han.inputs`."""
     from uwav.training.data import HanFeatures
 
-    names = HAN_INPUT_FEATURES[catalog.stages.train.han.inputs]
+    inputs = catalog.stages.train.han.inputs
+    names = HAN_INPUT_FEATURES[inputs]
     split = load_split(store, manifest, names)
     audio, visual2d, visual3d = (split.features[name] for name in names)
-    return split, HanFeatures.from_arrays(audio, visual2d, visual3d, split.lengths)
+    return split, HanFeatures.from_arrays(audio, visual2d, visual3d, split.lengths, audio_input=HAN_AUDIO_INPUT[inputs])
 
 
 def labelled_split(catalog: Catalog, store: FeatureStore, tables: DatasetTables, split_name: str) -> tuple[SplitArrays, LabelledSplit]:

@@ -82,9 +82,7 @@ def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
     history.write_text(json.dumps(result.history, indent=1))
     val = inputs.data.val
     scored = score_han(result.model, val, task, decision=settings.decision, precision=settings.precision)
-    train = inputs.data.train
-    streams = (train.audio, train.visual2d, train.visual3d)
-    spread = input_spread(dict(zip(HAN_INPUT_FEATURES[settings.han.inputs], streams, strict=True)), train.padding_mask)
+    spread = input_spread(dict(zip(HAN_INPUT_FEATURES[settings.han.inputs], inputs.data.train.real_rows(), strict=True)))
     warnings = health_warnings(
         scored.pred_audio, scored.pred_visual, val.gt_audio, val.gt_visual,
         spread=spread, standardized=settings.han.input_norm == "standardize",

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from uwav.contracts import HTSAT_MAP_STEPS, HanAudioInput
+
 ArrayLike = np.ndarray | Tensor
 
 
@@ -130,38 +132,53 @@ class PretrainData:
 
 @dataclass(frozen=True)
 class HanFeatures:
-    """HAN inputs of a split: audio (N, T, Da), visual2d (N, T, Dv) (frames already averaged),
-    visual3d (N, T, D3); lengths (N,) or None when every video has all T segments."""
+    """HAN inputs of a split: audio (N, T, Da), or with `audio_input="htsat_maps"` one HTSAT map
+    per video (N, 64, Da) (`uwav.contracts.HanAudioInput`); visual2d (N, T, Dv) (frames already
+    averaged), visual3d (N, T, D3); lengths (N,), the visual streams' real segments, or None when
+    every video has all T segments."""
 
     audio: Tensor
     visual2d: Tensor
     visual3d: Tensor
     lengths: Tensor | None = None
+    audio_input: HanAudioInput = "segments"
 
     @classmethod
     def from_arrays(
-        cls, audio: ArrayLike, visual2d: ArrayLike, visual3d: ArrayLike, lengths: ArrayLike | None = None
+        cls,
+        audio: ArrayLike,
+        visual2d: ArrayLike,
+        visual3d: ArrayLike,
+        lengths: ArrayLike | None = None,
+        audio_input: HanAudioInput = "segments",
     ) -> HanFeatures:
         """Checks shapes; a 4-D `visual2d` (N, T, frames, Dv) is averaged over frames here."""
         audio_t = as_float_tensor("audio", audio, 3)
         visual2d_t = average_frames(visual2d)
         visual3d_t = as_float_tensor("visual3d", visual3d, 3)
-        n, t = audio_t.shape[:2]
-        for name, tensor in (("visual2d", visual2d_t), ("visual3d", visual3d_t)):
-            if tensor.shape[:2] != (n, t):
-                raise ValueError(f"{name}: expected (N={n}, T={t}, ...) like audio, got {tuple(tensor.shape)}")
+        n, t = visual2d_t.shape[:2]
+        if visual3d_t.shape[:2] != (n, t):
+            raise ValueError(f"visual3d: expected (N={n}, T={t}, ...) like visual2d, got {tuple(visual3d_t.shape)}")
+        if audio_input == "htsat_maps":
+            expected, what = (n, HTSAT_MAP_STEPS), "one HTSAT map per video"
+        elif audio_input == "segments":
+            expected, what = (n, t), "like visual2d"
+        else:
+            raise ValueError(f"audio_input: expected 'segments' or 'htsat_maps', got {audio_input!r}")
+        if audio_t.shape[:2] != expected:
+            raise ValueError(f"audio: expected (N={expected[0]}, {expected[1]}, ...), {what}, got {tuple(audio_t.shape)}")
         lengths_t = None if lengths is None else _check_lengths("lengths", torch.as_tensor(lengths), n, t)
         if lengths_t is not None and bool((lengths_t == t).all()):
             lengths_t = None  # no padding: the models take the faster unmasked path
-        return cls(audio_t, visual2d_t, visual3d_t, lengths_t)
+        return cls(audio_t, visual2d_t, visual3d_t, lengths_t, audio_input)
 
     @property
     def n_videos(self) -> int:
-        return self.audio.shape[0]
+        return self.visual2d.shape[0]
 
     @property
     def n_segments(self) -> int:
-        return self.audio.shape[1]
+        return self.visual2d.shape[1]
 
     @property
     def widths(self) -> tuple[int, int, int]:
@@ -172,6 +189,16 @@ class HanFeatures:
     def padding_mask(self) -> Tensor | None:
         """(N, T) bool, True at padded segments; None when every video has all T segments."""
         return None if self.lengths is None else padding_mask_from_lengths(self.lengths, self.n_segments)
+
+    def real_rows(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(audio, visual2d, visual3d) as (rows, width): the vectors of real segments (of HTSAT
+        maps, every token: a map has no padding)."""
+        mask = self.padding_mask
+
+        def rows(values: Tensor, per_segment: bool) -> Tensor:
+            return (values[~mask] if per_segment and mask is not None else values).reshape(-1, values.shape[-1])
+
+        return rows(self.audio, self.audio_input == "segments"), rows(self.visual2d, True), rows(self.visual3d, True)
 
     def tensors(self) -> dict[str, Tensor]:
         found = {"audio": self.audio, "visual2d": self.visual2d, "visual3d": self.visual3d}
@@ -242,6 +269,8 @@ class HanTrainData:
             raise ValueError(f"val: {val.n_classes} classes in the ground truth, {n_classes} in video_labels")
         if val.features.widths != train.widths:
             raise ValueError(f"val: feature widths {val.features.widths} differ from train {train.widths}")
+        if val.features.audio_input != train.audio_input:
+            raise ValueError(f"val: audio input {val.features.audio_input!r} differs from train {train.audio_input!r}")
         return cls(train, video_t, soft_t, binary_t, val)
 
     @property

@@ -225,7 +225,7 @@ def train_han(
     score_key = "val_ave_accuracy" if task == "ave" else "val_seg_type"
 
     with seeded(settings.seed, device):
-        model = HAN.from_settings(settings.han, data.n_classes, *data.train.widths)
+        model = HAN.from_settings(settings.han, data.n_classes, *data.train.widths, audio_input=data.train.audio_input)
         if settings.han.input_norm == "standardize":
             train = data.train
             model.set_input_statistics(train.audio, train.visual2d, train.visual3d, train.padding_mask)
@@ -310,7 +310,8 @@ def load_han(checkpoint: Path, device: str = "cpu") -> HAN:
     if meta.get("identity", {}).get("stage") != STAGE:
         raise InvalidInputError(f"{checkpoint}: not a stage-2 (HAN) checkpoint")
     # Checkpoints written before `update` / `projection` existed were trained with the sequential
-    # update and the linear projections: fill those in so that they reproduce their outputs.
+    # update and the linear projections: fill those in so that they reproduce their outputs (those
+    # before `audio_input` took per-segment audio, the constructor's default).
     model = HAN(**{"update": "sequential", "projection": "linear", **meta["identity"]["model"]})
     return load_weights_into(model, checkpoint).to(resolve_device(device)).eval()
 

@@ -28,8 +28,8 @@ LOW_INPUT_SPREAD = 0.2
 
 
 def input_spread(inputs: Mapping[str, torch.Tensor], padding_mask: torch.Tensor | None = None) -> dict[str, float]:
-    """Per input (name -> (N, T, D) features), how much its segments vary: the mean distance of a
-    real segment's vector from the mean vector, over the mean vector length (0: all alike)."""
+    """Per input (name -> (N, T, D) features, or (rows, D) vectors), how much its segments vary: the
+    mean distance of a real segment's vector from the mean vector, over the mean vector length (0: all alike)."""
     spread = {}
     for name, values in inputs.items():
         # float32, as stored: a diagnostic ratio needs no float64 copy of a whole training set
