@@ -22,7 +22,7 @@ from prefect.filesystems import LocalFileSystem
 
 from flows.connection_errors import connection_errors_on_one_line
 from uwav.catalog import Catalog, load_catalog
-from uwav.stages import STAGES, compute_fingerprints, plan, run_stage, stage_status, state_dir
+from uwav.stages import STAGES, compute_fingerprints, pipeline_stages, plan, run_stage, stage_status, state_dir
 from uwav.stages.features import compute_feature_shard, merge_quarantine, pending_feature_shards
 from uwav.stages.promotion import promote_model
 from uwav.stages.segment import cache_probe_results, pending_probe_shards, probe_shard
@@ -161,7 +161,11 @@ def _publish_artifacts(catalog: Catalog, records: dict[str, dict[str, Any]]) -> 
             create_markdown_artifact(markdown, key="uwav-timelines", description="Truth vs prediction, per video")
     pseudo = records.get("pseudo_labels")
     if pseudo is not None and pseudo["metrics"].get("quality"):
-        rows = [{"split": split, **{k: round(v, 2) for k, v in scores.items()}} for split, scores in pseudo["metrics"]["quality"].items()]
+        rows = [
+            {"split": split, "pseudo-labels": labels, **{k: round(v, 2) for k, v in scores.items()}}
+            for split, by_labels in pseudo["metrics"]["quality"].items()
+            for labels, scores in by_labels.items()
+        ]
         create_table_artifact(rows, key="uwav-pseudo-label-quality", description="Pseudo-label quality (paper Table 3)")
 
 
@@ -184,7 +188,7 @@ def uwav_flow(
     catalog_path = str(Path(catalog).resolve())
     loaded = load_catalog(catalog_path)
     forced = [name.replace("-", "_") for name in force or []]
-    requested = [name.replace("-", "_") for name in stages] if stages else list(STAGES)
+    requested = [name.replace("-", "_") for name in stages] if stages else list(pipeline_stages(loaded))
     to_run = plan(loaded, requested, forced)
     first_forced = min((STAGES.index(name) for name in forced), default=len(STAGES))
     last = max(STAGES.index(name) for name in requested)
@@ -196,13 +200,13 @@ def uwav_flow(
         "result_storage": result_storage(loaded),
     }
     with state_dir(loaded).lock():
-        for index, stage in enumerate(STAGES[: last + 1]):
+        for stage in (name for name in pipeline_stages(loaded) if STAGES.index(name) <= last):
             run_it = stage in to_run
             refresh = run_it  # a stale record must never be answered from Prefect's cache
             if run_it:
                 _fan_out(catalog_path, loaded, stage)
             records[stage] = stage_task.with_options(refresh_cache=refresh, **options)(
-                catalog_path, stage, force=index >= first_forced
+                catalog_path, stage, force=STAGES.index(stage) >= first_forced
             )
     if "train" in records:
         promoted, message = promote_model(loaded, only_if_better=retrain)

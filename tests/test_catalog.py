@@ -156,3 +156,57 @@ def test_cli_catalog_check_prints_effective_settings_and_sources(tmp_path: Path)
 def test_unknown_recipe_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match="recipe"):
         load_catalog(write(tmp_path, {**MINIMAL, "recipe": "mine"}))
+
+
+def test_a_catalog_without_a_pretraining_set_is_valid(tmp_path: Path) -> None:
+    """Stage 1 is not needed to evaluate or parse with a released model, or to train from released
+    pseudo-labels (VALOR's release has no UnAV-100): `pretrain` is optional."""
+    data = {"datasets": {"target": MINIMAL["datasets"]["target"]}, "target": "target"}
+    catalog = load_catalog(write(tmp_path, data))
+    assert catalog.pretrain is None
+    result = CliRunner().invoke(app, ["catalog", "check", "--catalog", str(write(tmp_path, data))])
+    assert "pretrain=None" in result.output and "Traceback" not in result.output
+
+
+def test_a_missing_key_is_named_with_its_fix_and_nothing_else(tmp_path: Path) -> None:
+    """It used to print `pretrain: Field required (got {...})` with the whole parsed catalog."""
+    data = {"datasets": MINIMAL["datasets"], "pretrain": "pre"}
+    with pytest.raises(CatalogError) as raised:
+        load_catalog(write(tmp_path, data))
+    lines = str(raised.value).splitlines()
+    assert lines[1:] == ["  target: required key missing: add `target: <name>` naming the entry of `datasets` to train and evaluate on"]
+    with pytest.raises(CatalogError) as raised:
+        load_catalog(write(tmp_path, {**MINIMAL, "datasets": {**MINIMAL["datasets"], "x": {"annotations": "a"}}}))
+    assert "datasets.x.kind: required key missing: add `kind:` (one of llp, unav100, ave, custom, synthetic)" in str(raised.value)
+    # A check of the whole catalog names its fault without repeating the catalog either.
+    with pytest.raises(CatalogError) as raised:
+        load_catalog(write(tmp_path, {**MINIMAL, "target": "nope"}))
+    assert "names no entry of `datasets`" in str(raised.value) and "'kind'" not in str(raised.value)
+    assert "Value error" not in str(raised.value)
+
+
+def test_released_pseudo_labels_need_their_folder(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match=r"stages.pseudo_labels: source: released needs `released_root`"):
+        load_catalog(write(tmp_path, {**MINIMAL, "stages": {"pseudo_labels": {"source": "released"}}}))
+    data = {**MINIMAL, "stages": {"pseudo_labels": {"source": "released", "released_root": "valor/data"}}}
+    catalog = load_catalog(write(tmp_path, data))
+    assert catalog.locations()["stages.pseudo_labels.released_root"] == str(tmp_path / "valor" / "data")
+
+
+def test_valor_recipe_is_valors_han_training_and_explicit_settings_win(tmp_path: Path) -> None:
+    """`scripts/train_valor.sh` and `main_avvp.py` (VALOR+ / VALOR++ change width, depth and lr in the catalog)."""
+    data = {**MINIMAL, "recipe": "valor", "stages": {"train": {"lr": 3e-4, "min_lr": 3e-6, "han": {"d_model": 256, "layers": 4}}}}
+    catalog = load_catalog(write(tmp_path, data))
+    train = catalog.stages.train
+    assert (train.lr, train.min_lr, train.han.d_model, train.han.layers) == (3e-4, 3e-6, 256, 4)  # VALOR+, explicit
+    assert (train.han.inputs, train.han.update, train.han.projection, train.han.heads, train.han.ffn) == (
+        "official", "sequential", "linear", 8, 1024
+    )  # fmt: skip
+    assert (train.epochs, train.batch_size, train.warmup_epochs, train.lr_schedule) == (60, 64, 10, "per_epoch")
+    assert (train.betas, train.weight_decay, train.grad_clip, train.decision) == ((0.5, 0.999), 1e-3, 1.0, "at_least")
+    assert (train.labels, train.reweight, train.mixup, train.guided_learning) == ("binary", False, False, False)
+    default = load_catalog(write(tmp_path, {**MINIMAL, "recipe": "valor"})).stages.train
+    assert (default.lr, default.min_lr, default.han.d_model, default.han.layers) == (1e-4, 1e-6, 512, 1)  # VALOR
+    sources = {key: source for key, _, source in effective_settings(catalog)}
+    assert sources["stages.train.lr"] == "catalog" and sources["stages.train.labels"] == "recipe valor"
+    assert {f"stages.{key}" for key in RECIPE_SETTINGS["valor"]} <= set(sources)

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from uwav.catalog import load_catalog
 from uwav.cli import app
 from uwav.contracts import text_embedding_name
-from uwav.datasets import read_llp, read_unav100
+from uwav.datasets import LLP_CLASSES, read_llp, read_unav100
 from uwav.features.official import load_checked
 from uwav.features.released import (
     adaptive_average_pool,
@@ -28,8 +28,12 @@ from uwav.features.released import (
     official_features_folder,
 )
 from uwav.features.store import FeatureStore
-from uwav.stages import STAGES, state_dir
 from uwav.errors import MissingInputError
+from uwav.evaluation import pseudo_label_quality
+from uwav.stages import STAGES, state_dir
+from uwav.stages.evaluate import PSEUDO_LABELS_REFERENCE, RELEASED_PSEUDO_LABELS_REFERENCE
+from uwav.stages.tables import dataset_tables
+from uwav.workspace import dense_truth, weak_label_matrix
 
 N_LLP = {"train": 16, "val": 8, "test": 8}
 N_UNAV = {"train": 16, "validation": 6}
@@ -47,7 +51,10 @@ def _unit(rng: np.random.Generator, *shape: int) -> np.ndarray:
 
 def make_release(root: Path, data: Path, *, valor_llp: bool = False, seed: int = 0) -> dict[str, list[str]]:
     """A release for a few videos of the real annotation files; returns the chosen video ids and
-    the ones with a broken file (`broken`)."""
+    the ones with a broken file (`broken`). `valor_llp`: LLP in VALOR's layout (`CLIP/features`,
+    `CLAP/features` holding (64, 768) CLAP maps, `feats/`, no class text embeddings), else the
+    UWAV release's. VALOR's segment pseudo-labels (`CLIP|CLAP/segment_pseudo_labels`, (10, 25)
+    int64, only the weak label's classes) are written in both cases."""
     rng = np.random.default_rng(seed)
     llp, _ = read_llp(data / "llp")
     dense_ids = set(pl.read_csv(data / "llp" / "AVVP_eval_audio.csv", separator="\t")["filename"])
@@ -63,21 +70,27 @@ def make_release(root: Path, data: Path, *, valor_llp: bool = False, seed: int =
         chosen_unav += unav.filter(pl.col("split") == split)["video_id"].head(n).to_list()
 
     clip_dir, clap_dir = ("CLIP/features", "CLAP/features") if valor_llp else ("LLP/feats_CLIP/segment_feats", "LLP/feats_CLAP/segment_feats")
+    clap_shape = (64, 768) if valor_llp else (10, 512)
     official = root / ("feats" if valor_llp else "LLP/feats")
-    for video_id in chosen_llp:
+    weak = weak_label_matrix(llp.filter(pl.col("video_id").is_in(chosen_llp)), list(LLP_CLASSES))
+    for video_id, video_labels in zip(llp.filter(pl.col("video_id").is_in(chosen_llp))["video_id"], weak, strict=True):
         stem = video_id[:11]
         _save(root / clip_dir / f"{stem}.npy", _unit(rng, 10, 768))
-        _save(root / clap_dir / f"{stem}.npy", _unit(rng, 10, 512))
+        _save(root / clap_dir / f"{stem}.npy", rng.standard_normal(clap_shape))
         _save(official / "vggish" / f"{stem}.npy", rng.standard_normal((10, 128)))
         _save(official / "res152" / f"{stem}.npy", rng.standard_normal((80, 2048)))
         _save(official / "r2plus1d_18" / f"{stem}.npy", rng.standard_normal((10, 512)))
+        for folder in ("CLIP/segment_pseudo_labels", "CLAP/segment_pseudo_labels"):
+            labels = (rng.random((10, 25)) < 0.5) & (video_labels[None, :] > 0)
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            np.save(root / folder / f"{stem}.npy", labels.astype(np.int64))  # as VALOR saves torch longs
     for video_id in chosen_unav:
         rows = int(rng.integers(5, 90))  # any number of rows: pooled to the video's segments
         _save(root / "UnAV/feats_CLIP/segment_feats" / f"{video_id}.npy", _unit(rng, rows, 768))
         _save(root / "UnAV/feats_CLAP/segment_feats" / f"{video_id}.npy", _unit(rng, rows, 512))
-    # VALOR's LLP features are read with the UWAV release's class text embeddings.
-    _save(root / "LLP/feats_CLIP/event_feats/all_event_feats.npy", _unit(rng, 25, 768))
-    _save(root / "LLP/feats_CLAP/event_feats/all_event_feats.npy", _unit(rng, 25, 512))
+    if not valor_llp:  # VALOR's release has no class text embeddings
+        _save(root / "LLP/feats_CLIP/event_feats/all_event_feats.npy", _unit(rng, 25, 768))
+        _save(root / "LLP/feats_CLAP/event_feats/all_event_feats.npy", _unit(rng, 25, 512))
     _save(root / "UnAV/feats_CLIP/event_feats/all_event_feats.npy", _unit(rng, 100, 768))
     _save(root / "UnAV/feats_CLAP/event_feats/all_event_feats.npy", _unit(rng, 100, 512))
 
@@ -98,7 +111,8 @@ def make_release(root: Path, data: Path, *, valor_llp: bool = False, seed: int =
     return {"llp": chosen_llp, "unav": chosen_unav, "broken": list(broken.values()), "broken_kinds": list(broken)}
 
 
-def release_catalog(folder: Path, data: Path) -> Path:
+def release_catalog(folder: Path, data: Path, **stages: dict) -> Path:
+    """The catalog of a release in `folder/release`; `stages` add or replace stage blocks."""
     catalog = {
         "datasets": {
             "llp": {"kind": "llp", "annotations": str(data / "llp")},
@@ -115,6 +129,7 @@ def release_catalog(folder: Path, data: Path) -> Path:
             },
         },
     }
+    catalog["stages"].update(stages)
     path = folder / "data_catalog.yaml"
     path.write_text(yaml.safe_dump(catalog))
     return path
@@ -140,9 +155,10 @@ def test_load_checked_any_length_axis(tmp_path: Path) -> None:
 def test_layouts_and_what_is_missing(tmp_path: Path, shared_data: Path) -> None:
     make_release(tmp_path / "valor", shared_data, valor_llp=True)
     layout = find_release(tmp_path / "valor", "llp")
-    assert layout.segment_folders["clip"] == tmp_path / "valor" / "CLIP" / "features"
+    assert layout.segment_folders == {"clip": tmp_path / "valor" / "CLIP" / "features", "clap_maps": tmp_path / "valor" / "CLAP" / "features"}
+    assert layout.text_files == {}  # VALOR's release has none; only the generator needs them
     assert official_features_folder(tmp_path / "valor") == tmp_path / "valor" / "feats"
-    assert layout.file_for("clap", "BjCEufrlXm4_20_30").name == "BjCEufrlXm4.npy"
+    assert layout.file_for("clap_maps", "BjCEufrlXm4_20_30").name == "BjCEufrlXm4.npy"
     assert find_release(tmp_path / "valor", "unav100").file_for("clip", "-abc").name == "-abc.npy"
     with pytest.raises(MissingInputError, match="no CLIP segment folder for llp"):
         find_release(tmp_path / "nothing", "llp")
@@ -183,7 +199,8 @@ def test_import_reports_broken_files_and_a_second_import_reads_nothing(
 
 def test_the_whole_pipeline_runs_from_a_release_without_media(tmp_path: Path, shared_data: Path) -> None:
     chosen = make_release(tmp_path / "release", shared_data)
-    path = release_catalog(tmp_path, shared_data)
+    # VALOR's released pseudo-labels (written into the same folder) are scored beside the generated ones.
+    path = release_catalog(tmp_path, shared_data, pseudo_labels={"released_root": "release"})
     result = CliRunner().invoke(app, ["run", "--catalog", str(path), "--no-progress"])
     assert result.exit_code == 0, result.output
     catalog = load_catalog(path)
@@ -203,3 +220,26 @@ def test_the_whole_pipeline_runs_from_a_release_without_media(tmp_path: Path, sh
     scores = json.loads(Path(records["evaluate"].outputs["metrics"]).read_text())
     assert records["evaluate"].metrics["videos"] == N_LLP["test"]
     assert all(0.0 <= value <= 100.0 for value in scores.values())
+
+    # Pseudo-label quality side by side, on the same videos: the generated labels and VALOR's,
+    # the latter as the LLP protocol scores the release's files directly.
+    quality = records["pseudo_labels"].metrics["quality"]
+    assert {split: set(by_labels) for split, by_labels in quality.items()} == {
+        "val": {"UWAV generator", "VALOR release"}, "test": {"UWAV generator", "VALOR release"}
+    }
+    assert records["pseudo_labels"].metrics["quality_videos"] == {"val": N_LLP["val"], "test": N_LLP["test"]}
+    tables = dataset_tables(catalog, "target")
+    test_ids = [video_id for video_id in tables.split("test")["video_id"].to_list() if video_id in chosen["llp"]]
+    truth = dense_truth(tables, test_ids, 10)
+    files = [
+        np.stack([np.load(tmp_path / "release" / folder / f"{video_id[:11]}.npy") for video_id in test_ids]).astype(bool)
+        for folder in ("CLAP/segment_pseudo_labels", "CLIP/segment_pseudo_labels")
+    ]
+    expected = pseudo_label_quality(*files, truth["audio"], truth["visual"])
+    assert quality["test"]["VALOR release"] == pytest.approx(expected)
+    assert quality["test"]["VALOR release"] != quality["test"]["UWAV generator"]
+    references = records["evaluate"].metrics["references"]
+    assert references[RELEASED_PSEUDO_LABELS_REFERENCE] == pytest.approx(expected)
+    assert references[PSEUDO_LABELS_REFERENCE] == pytest.approx(quality["test"]["UWAV generator"])
+    report = Path(records["evaluate"].outputs["report"]).read_text()
+    assert RELEASED_PSEUDO_LABELS_REFERENCE.replace("'", "&#x27;") in report and ">VALOR release<" in report

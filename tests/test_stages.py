@@ -92,6 +92,7 @@ def test_full_pipeline_outputs(finished_run: Path) -> None:
     assert thresholds["source"]["split"] == "val"
     quality = state.record("pseudo_labels").metrics["quality"]
     assert set(quality) == {"val", "test"}
+    assert all(set(by_labels) == {"UWAV generator"} for by_labels in quality.values())  # where they came from
     assert state.record("train").metrics["precision"] == state.record("pretrain").metrics["precision"] == "fp32"
     warnings = state.record("train").metrics["health_warnings"]
     assert isinstance(warnings, list)
@@ -101,7 +102,7 @@ def test_full_pipeline_outputs(finished_run: Path) -> None:
     # the pseudo_labels stage's own test-split quality (every test video is evaluated here), and
     # predicting nothing scores as the protocol says on the test truth.
     references = evaluate.metrics["references"]
-    assert references[PSEUDO_LABELS_REFERENCE] == pytest.approx(quality["test"])
+    assert references[PSEUDO_LABELS_REFERENCE] == pytest.approx(quality["test"]["UWAV generator"])
     test_ids = sorted(manifest.filter(pl.col("split") == "test")["video_id"].to_list())
     truth = dense_truth(dataset_tables(catalog, "target"), test_ids, 10)
     assert references[NOTHING_REFERENCE] == pytest.approx(predict_nothing_scores(truth["audio"], truth["visual"]))

@@ -30,9 +30,10 @@ Precision = Literal["fp32", "bf16"]
 # How a target dataset is trained and scored: "llp" (the LLP protocol) or "ave" (AVE's recipe and
 # segment accuracy besides). A synthetic target set's events are laid out like the task's data.
 Task = Literal["llp", "ave"]
-# Which source the stage defaults follow: the paper's text or the UWAV release's scripts (see
-# RECIPE_SETTINGS and README "Paper vs released code"). An explicit catalog setting always wins.
-Recipe = Literal["paper", "released"]
+# Which source the stage defaults follow: the paper's text, the UWAV release's scripts, or VALOR's
+# (its HAN training, `scripts/train_valor.sh`; see RECIPE_SETTINGS and README "Paper vs released
+# code"). An explicit catalog setting always wins.
+Recipe = Literal["paper", "released", "valor"]
 # AdamW's (beta1, beta2).
 Betas = tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]]
 # "per_step": warm-up and cosine move every optimisation step (uwav's choice, smoother);
@@ -263,12 +264,32 @@ class CalibrateSettings(_Strict):
 
 
 class PseudoLabelSettings(_Strict):
-    """`soft_temperature`: soft labels are sigmoid((z - theta) / soft_temperature) * y (eq. 12: 1;
-    the release: 2)."""
+    """Where the target's segment pseudo-labels come from.
 
+    - `source`: `generate` (the pre-trained generator's logits and the calibrated thresholds,
+      eq. 10 and 12) or `released` (VALOR's released binary segment pseudo-labels,
+      `uwav.labels.released`: soft = binary; the pretrain and calibrate stages are not needed).
+    - `released_root`: the folder holding VALOR's `CLAP/segment_pseudo_labels/` (audio) and
+      `CLIP/segment_pseudo_labels/` (visual), VALOR's `data/`. Needed by `source: released`; with
+      `source: generate` the quality report scores those labels beside the generated ones.
+    - `soft_temperature`: soft labels are sigmoid((z - theta) / soft_temperature) * y (eq. 12: 1;
+      the release: 2).
+    """
+
+    source: Literal["generate", "released"] = "generate"
+    released_root: str | None = None
     batch_size: PositiveInt = 256
     device: Device = "auto"
     soft_temperature: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _released_needs_a_root(self) -> PseudoLabelSettings:
+        if self.source == "released" and self.released_root is None:
+            raise ValueError(
+                "source: released needs `released_root`, the folder holding VALOR's CLIP/segment_pseudo_labels "
+                "and CLAP/segment_pseudo_labels"
+            )
+        return self
 
 
 class HanSettings(_Strict):
@@ -406,6 +427,36 @@ RECIPE_SETTINGS: dict[str, dict[str, Any]] = {
         "train.mixup_lambda": "per_batch",
         "train.decision": "above",
     },
+    # VALOR's HAN training, `scripts/train_valor.sh` (VGGish + ResNet-152 + R(2+1)D, width 512, 1
+    # layer, lr 1e-4 -> 1e-6) with `main_avvp.py`'s loop: AdamW betas (0.5, 0.999), the hand-made
+    # warm-up + cosine set once per epoch, L_video on P clamped + BCE-with-logits of the segment
+    # logits against the binary pseudo-labels per modality (`UWAVLoss` with binary labels and
+    # neither re-weighting nor mixup), best validation Type@AV, P >= 0.5 and p >= 0.5. VALOR+ and
+    # VALOR++ change the width, depth and learning rates (README "Released models").
+    "valor": {
+        "train.han.inputs": "official",
+        "train.han.update": "sequential",
+        "train.han.projection": "linear",
+        "train.han.d_model": 512,
+        "train.han.layers": 1,
+        "train.han.heads": 8,
+        "train.han.ffn": 1024,
+        "train.han.dropout": 0.1,
+        "train.epochs": 60,
+        "train.batch_size": 64,
+        "train.lr": 1e-4,
+        "train.min_lr": 1e-6,
+        "train.warmup_epochs": 10,
+        "train.lr_schedule": "per_epoch",
+        "train.betas": (0.5, 0.999),
+        "train.weight_decay": 1e-3,
+        "train.grad_clip": 1.0,
+        "train.labels": "binary",
+        "train.reweight": False,
+        "train.mixup": False,
+        "train.guided_learning": False,
+        "train.decision": "at_least",
+    },
 }
 
 
@@ -472,7 +523,9 @@ class Catalog(_Strict):
     recipe: Recipe = "paper"
     datasets: dict[str, DatasetConfig]
     target: str
-    pretrain: str
+    # The pre-training set of stage 1; not needed where stage 1 does not run (`uwav evaluate`,
+    # `uwav parse`, a released generator, released pseudo-labels).
+    pretrain: str | None = None
     stores: StoresConfig = StoresConfig()
     encoders: EncodersConfig = EncodersConfig()
     stages: StagesConfig = StagesConfig()
@@ -486,7 +539,7 @@ class Catalog(_Strict):
     def _references_exist(self) -> Catalog:
         for role in ("target", "pretrain"):
             name = getattr(self, role)
-            if name not in self.datasets:
+            if name is not None and name not in self.datasets:
                 raise ValueError(f"`{role}: {name}` names no entry of `datasets` ({sorted(self.datasets)})")
         return self
 
@@ -532,10 +585,12 @@ class Catalog(_Strict):
             checkpoint = getattr(self.encoders, key).checkpoint
             if checkpoint is not None:
                 found[f"encoders.{key}.checkpoint"] = self.resolve(checkpoint)  # type: ignore[assignment]
-        for key in ("official_root", "released_root"):
-            root = getattr(self.stages.features, key)
-            if root is not None:
-                found[f"stages.features.{key}"] = self.resolve(root)  # type: ignore[assignment]
+        roots = {
+            "stages.features.official_root": self.stages.features.official_root,
+            "stages.features.released_root": self.stages.features.released_root,
+            "stages.pseudo_labels.released_root": self.stages.pseudo_labels.released_root,
+        }
+        found.update({key: self.resolve(root) for key, root in roots.items() if root is not None})  # type: ignore[misc]
         return found
 
 
@@ -558,14 +613,31 @@ def effective_settings(catalog: Catalog) -> list[tuple[str, Any, str]]:
     return rows
 
 
+# How to fill in a required key the catalog lacks, by the key's last part.
+MISSING_KEY_FIXES: dict[str, str] = {
+    "datasets": "add `datasets:` with the target dataset, e.g. `llp: {kind: llp, annotations: <folder>}`",
+    "target": "add `target: <name>` naming the entry of `datasets` to train and evaluate on",
+    "kind": "add `kind:` (one of llp, unav100, ave, custom, synthetic)",
+    "annotations": "add `annotations:` (the dataset's annotation file or folder)",
+    "name": "add `name:` (the encoder's model config)",
+}
+# A value longer than this is not repeated in an error message (a mapping can be the whole catalog).
+SHOWN_VALUE_CHARS = 80
+
+
 def _format_errors(path: Path, error: ValidationError) -> str:
     lines = [f"{path}: invalid catalog"]
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
         if item["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key")
+        elif item["type"] == "missing":
+            fix = MISSING_KEY_FIXES.get(str(item["loc"][-1]), "add it")
+            lines.append(f"  {key}: required key missing: {fix}")
         else:
-            lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
+            shown = repr(item.get("input"))
+            got = "" if isinstance(item.get("input"), dict | list) or len(shown) > SHOWN_VALUE_CHARS else f" (got {shown})"
+            lines.append(f"  {key}: {item['msg'].removeprefix('Value error, ')}{got}")
     return "\n".join(lines)
 
 

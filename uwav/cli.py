@@ -52,7 +52,10 @@ KindOption = Annotated[
     str,
     typer.Option(
         "--kind",
-        help="What --model is: checkpoint (a uwav checkpoint folder) or a released HAN state dict: avvp-eccv20, valor, uwav.",
+        help=(
+            "What --model is: checkpoint (a uwav checkpoint folder) or a released HAN state dict: avvp-eccv20, "
+            "valor (VALOR, VALOR+), valor++ (VALOR++: CLAP maps + CLIP + R(2+1)D), uwav."
+        ),
     ),
 ]
 

@@ -20,7 +20,7 @@ class DatasetTables:
     """A dataset as the pipeline sees it: its classes, manifest and dense labels."""
 
     role: str
-    name: str
+    name: str | None  # None: the catalog names no dataset for the role (no pre-training set)
     classes: list[str]
     manifest: pl.DataFrame
     dense: pl.DataFrame

@@ -167,20 +167,37 @@ def scores_markdown(
     return format_scores_table(scores, references=references, style="markdown", digits=digits)
 
 
+def _quality_sources(quality: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str | None, Mapping[str, Any]]]:
+    """(split, labels name or None, scores) of every row group of a quality mapping: a split maps
+    to its scores, or to {labels name: scores} for several sets of pseudo-labels on its videos."""
+    rows: list[tuple[str, str | None, Mapping[str, Any]]] = []
+    for split, value in quality.items():
+        if value and all(isinstance(scores, Mapping) for scores in value.values()):
+            rows += [(split, name, scores) for name, scores in value.items()]
+        else:
+            rows.append((split, None, value))
+    return rows
+
+
 def _quality_table(quality: Mapping[str, Mapping[str, Any]], digits: int) -> _Table:
     if not quality:
         raise ValueError("pseudo-label quality: no split given")
+    groups = _quality_sources(quality)
+    named = any(name is not None for _, name, _ in groups)
     rows = [
-        [split, name, *(_score(scores, f"{level}_{key}", f"pseudo-label quality of split {split!r}") for _, key in COLUMNS)]
-        for split, scores in quality.items()
-        for name, level in LEVELS
+        [split, *([name] if named else []), level_name,
+         *(_score(scores, f"{level}_{key}", f"pseudo-label quality of split {split!r}") for _, key in COLUMNS)]
+        for split, name, scores in groups
+        for level_name, level in LEVELS
     ]
-    return _Table(["split", "level", *(title for title, _ in COLUMNS)], rows, digits)
+    return _Table(["split", *(["pseudo-labels"] if named else []), "level", *(title for title, _ in COLUMNS)], rows, digits)
 
 
 def pseudo_label_quality_table(quality: Mapping[str, Mapping[str, Any]], *, style: Style = "text", digits: int = 1) -> str:
     """Pseudo-label quality (the paper's Table 3) per split: `quality` maps a split name to the
-    `pseudo_label_quality` scores of that split; two rows (segment / event level) per split."""
+    `pseudo_label_quality` scores of that split, or to {labels name: scores} to show several sets
+    of pseudo-labels side by side (a `pseudo-labels` column names them); two rows (segment /
+    event level) per split and set."""
     return _quality_table(quality, digits).render(style)
 
 
@@ -287,7 +304,8 @@ def write_html_report(
     """Write a single self-contained HTML report and return its path.
 
     Sections, in order: notes, the class vocabulary, the LLP-protocol metrics (with `references`
-    beside the model's, as `format_scores_table`), pseudo-label quality (per split),
+    beside the model's, as `format_scores_table`), pseudo-label quality (per split, and per set
+    of pseudo-labels as `pseudo_label_quality_table`),
     the ablation table, training curves (from `TrainResult.history`), and per-video timelines
     ((video_id, Figure or PNG bytes) pairs, e.g. from `report_timelines`). Every text is
     HTML-escaped; images are inline base64 PNGs. Written to a temporary file and renamed into place.

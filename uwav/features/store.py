@@ -1,11 +1,13 @@
-"""Zarr v3 feature store: per-segment features of every video, written in parallel, read in bulk.
+"""Zarr v3 feature store: per-segment (and per-clip) features of every video, written in parallel, read in bulk.
 
 Layout of one store (a local folder or an fsspec URL such as `memory://x` or `s3://bucket/x`)::
 
     zarr.json                  root group; attributes {uwav_feature_store: 1, dtype: float16|float32}
     index.json                 the video index: [[video_id, n_segments], ...]; a video's slot is its position
     features/<name>            array (slots, T, *shape) of the store dtype, chunks (1, Tc, *shape), fill 0;
-                               attributes {encoder_identity, segment_shape}
+                               attributes {encoder_identity, segment_shape}; a per-clip feature is
+                               (slots, 1, *shape) with chunks (1, 1, *shape) and attributes
+                               {encoder_identity, clip_shape}
     text/<name>                array (C, D) float32; attributes {prompts, encoder_identity}
     done/<name>/<slot>         empty object: the video in <slot> is complete for feature <name>
     missing/<name>/<slot>      empty object: the video has no <name> feature (e.g. no audio stream)
@@ -36,6 +38,16 @@ Design (why it is safe to run writers in parallel and to kill them):
   (encoders over decoded media, the official LLP import); a video is visible for a feature once
   its `done/<name>/<slot>` exists, and `completed(names)` lists the videos visible for all of them.
 
+Per-segment and per-clip features. Most features have one row per segment of the video: the
+array's second axis is the segment axis, a video uses its first `n_segments` rows, and `read`
+returns (N, Tmax, *segment_shape) zero padded. A per-clip feature (`allocate(..., per_clip=...)`)
+is one array of a fixed shape for the whole video whose rows are not segments, such as VALOR's
+CLAP feature maps (64 HTSAT time steps x 768 channels of the whole 10-s clip): it is stored
+under a segment axis of length 1, `write_video` takes the clip's array itself (its shape is the
+feature's `clip_shape`, whatever the video's segment count), and `read` returns (N, *clip_shape)
+without a segment axis. `lengths` and the video index keep the videos' segment counts, so the
+per-segment features read beside a per-clip one are padded and masked as usual.
+
 Reading: on a local disk the chunk files of the requested rows are read straight into one
 array from a thread pool (the chunks are uncompressed little-endian bytes, a plain copy under
 the Zarr v3 spec; see `_read_rows_from_local_files` for why), ~10x faster than zarr's per-chunk
@@ -50,7 +62,7 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -84,6 +96,11 @@ class FeatureStoreError(UwavError, ValueError):
 
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
+
+
+def _per_clip(array: zarr.Array) -> bool:
+    """Whether a feature array holds one array per clip rather than one row per segment."""
+    return "clip_shape" in array.attrs
 
 
 def _plain_chunk_folder(array: zarr.Array) -> Path | None:
@@ -171,7 +188,7 @@ def _write_row_to_local_files(array: zarr.Array, slot: int, row: np.ndarray) -> 
 
 
 class FeatureStore:
-    """Per-segment features of many videos in one Zarr v3 group (see the module docstring).
+    """Per-segment and per-clip features of many videos in one Zarr v3 group (see the module docstring).
 
     `dtype` is the storage precision of the feature arrays (reads always return float32); it is
     fixed when the store is created and opening an existing store with another dtype raises.
@@ -313,8 +330,12 @@ class FeatureStore:
         return sorted(self._features.array_keys())
 
     def feature_shape(self, name: str) -> tuple[int, ...]:
-        """Per-segment shape of a feature, e.g. (768,) or (8, 2048)."""
+        """Per-segment shape of a feature, e.g. (768,) or (8, 2048); a per-clip feature's clip shape, e.g. (64, 768)."""
         return tuple(self._array(name).shape[2:])
+
+    def is_per_clip(self, name: str) -> bool:
+        """Whether a feature holds one array per clip (see the module docstring) rather than one row per segment."""
+        return _per_clip(self._array(name))
 
     def encoder_identity(self, name: str) -> str | None:
         """The identity recorded for the encoder that produced a feature (None when none was given)."""
@@ -327,13 +348,16 @@ class FeatureStore:
         shapes: Mapping[str, tuple[int, ...]],
         *,
         encoder_identities: Mapping[str, str] | None = None,
+        per_clip: Collection[str] = (),
     ) -> None:
         """Register videos and reserve their slot in every feature array (single coordinator, before writes).
 
         Idempotent: known videos keep their slot (their `n_segments` must match). `shapes[name]`
-        is the per-segment shape of a feature; an existing feature must keep its shape and, when
-        `encoder_identities` names it, its encoder identity (a changed encoder means the stored
-        values are stale: use another feature name or another store).
+        is the per-segment shape of a feature, or for the features named in `per_clip` the shape of
+        the one array a clip has (module docstring); an existing feature must keep its shape, its
+        kind (per segment or per clip) and, when `encoder_identities` names it, its encoder
+        identity (a changed encoder means the stored values are stale: use another feature name or
+        another store).
         """
         if len(video_ids) != len(n_segments):
             raise ValueError(f"allocate: {len(video_ids)} video ids but {len(n_segments)} segment counts")
@@ -341,6 +365,9 @@ class FeatureStore:
         unknown_identities = sorted(set(identities) - set(shapes))
         if unknown_identities:
             raise ValueError(f"allocate: encoder identities for features not in `shapes`: {unknown_identities}")
+        unknown_per_clip = sorted(set(per_clip) - set(shapes))
+        if unknown_per_clip:
+            raise ValueError(f"allocate: per-clip features not in `shapes`: {unknown_per_clip}")
         self._load_index()
         index = list(self._index)
         slot_of = dict(self._slot_of)
@@ -365,10 +392,11 @@ class FeatureStore:
 
         for name, segment_shape in shapes.items():
             segment_shape = tuple(int(size) for size in segment_shape)
+            clip = name in per_clip
             existing = self._features.get(name)
             if existing is None:
-                time_chunk = _round_up(longest, _TIME_CHUNK_MULTIPLE)
-                attributes: dict[str, Any] = {"segment_shape": list(segment_shape)}
+                time_chunk = 1 if clip else _round_up(longest, _TIME_CHUNK_MULTIPLE)
+                attributes: dict[str, Any] = {"clip_shape" if clip else "segment_shape": list(segment_shape)}
                 if name in identities:
                     attributes["encoder_identity"] = identities[name]
                 self._features.create_array(
@@ -383,10 +411,15 @@ class FeatureStore:
                 self._fs.makedirs(self._path("done", name), exist_ok=True)
                 self._fs.makedirs(self._path("missing", name), exist_ok=True)
                 continue
+            if _per_clip(existing) != clip:
+                kinds = ("per-segment", "per-clip") if clip else ("per-clip", "per-segment")
+                raise FeatureStoreError(
+                    f"feature store {self.url}: feature {name!r} is {kinds[0]}, allocate asked for a {kinds[1]} one; {ANOTHER_STORE}"
+                )
             if tuple(existing.shape[2:]) != segment_shape:
                 raise FeatureStoreError(
-                    f"feature store {self.url}: feature {name!r} has segment shape {tuple(existing.shape[2:])}, "
-                    f"allocate asked for {segment_shape}; {ANOTHER_STORE}"
+                    f"feature store {self.url}: feature {name!r} has {'clip' if clip else 'segment'} shape "
+                    f"{tuple(existing.shape[2:])}, allocate asked for {segment_shape}; {ANOTHER_STORE}"
                 )
             stored_identity = existing.attrs.get("encoder_identity")
             if name in identities and stored_identity != identities[name]:
@@ -398,7 +431,8 @@ class FeatureStore:
         for name in self.feature_names():
             array = self._array(name, refresh=True)
             time_chunk = array.chunks[1]
-            wanted = (max(n_slots, array.shape[0]), max(array.shape[1], _round_up(longest, time_chunk)))
+            n_time = array.shape[1] if _per_clip(array) else max(array.shape[1], _round_up(longest, time_chunk))
+            wanted = (max(n_slots, array.shape[0]), n_time)
             if wanted != tuple(array.shape[:2]):
                 array.resize((*wanted, *array.shape[2:]))
 
@@ -416,7 +450,8 @@ class FeatureStore:
         *,
         missing: Sequence[str] = (),
     ) -> None:
-        """Write one video's features, each (n_segments, *segment_shape); completion records go last.
+        """Write one video's features, each (n_segments, *segment_shape), or a per-clip feature's
+        (*clip_shape) array; completion records go last.
 
         `missing` names features the video does not have (e.g. `clap` for a video without an
         audio stream): they read as zeros and `available` reports False for them. Safe to call
@@ -433,20 +468,22 @@ class FeatureStore:
         rows: dict[str, np.ndarray] = {}
         for name in [*features, *missing]:
             array = self._array(name)
-            if slot >= array.shape[0] or n_segments > array.shape[1]:
+            clip = _per_clip(array)
+            if slot >= array.shape[0] or (not clip and n_segments > array.shape[1]):
                 array = self._array(name, refresh=True)  # resized by a later allocate
             segment_shape = tuple(array.shape[2:])
             row = np.zeros((array.shape[1], *segment_shape), dtype=self.dtype)
+            n_rows = 1 if clip else n_segments
             if name in features:
                 values = np.asarray(features[name])
-                if values.shape != (n_segments, *segment_shape):
+                expected = segment_shape if clip else (n_segments, *segment_shape)
+                if values.shape != expected:
                     raise ValueError(
-                        f"write_video {video_id!r}: feature {name!r} has shape {values.shape}, "
-                        f"expected {(n_segments, *segment_shape)}"
+                        f"write_video {video_id!r}: feature {name!r} has shape {values.shape}, expected {expected}"
                     )
                 with np.errstate(over="ignore", invalid="ignore"):  # reported just below, naming the video
-                    row[:n_segments] = values
-                if not np.isfinite(row[:n_segments]).all():
+                    row[:n_rows] = values.reshape(n_rows, *segment_shape)
+                if not np.isfinite(row[:n_rows]).all():
                     raise ValueError(
                         f"write_video {video_id!r}: feature {name!r} has non-finite values as {self.dtype} "
                         "(NaN, or beyond float16 range)"
@@ -507,7 +544,8 @@ class FeatureStore:
         return slots
 
     def read(self, name: str, video_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Features of complete videos: float32 (N, Tmax, *segment_shape) zero padded, and lengths (N,).
+        """Features of complete videos: float32 (N, Tmax, *segment_shape) zero padded, and the
+        videos' segment counts (N,); a per-clip feature reads as (N, *clip_shape).
 
         Tmax is the longest of the requested videos. Raises KeyError naming videos that are not
         complete for `name`. A video without this feature (see `available`) reads as zeros.
@@ -515,17 +553,19 @@ class FeatureStore:
         slots = self._complete_slots(name, video_ids)
         lengths = np.array([self._index[slot][1] for slot in slots], dtype=np.int64)
         array = self._array(name)
+        clip = _per_clip(array)
         if not slots.size:
-            return np.zeros((0, 0, *array.shape[2:]), np.float32), lengths
+            return np.zeros((0, *(() if clip else (0,)), *array.shape[2:]), np.float32), lengths
         unique_slots, inverse = np.unique(slots, return_inverse=True)
-        n_time = int(lengths.max())
+        n_time = 1 if clip else int(lengths.max())
         if int(unique_slots[-1]) >= array.shape[0] or n_time > array.shape[1]:
             array = self._array(name, refresh=True)  # resized by another process's allocate
         values = _read_rows_from_local_files(array, unique_slots, n_time)
         if values is None:
             # One selection over sorted unique slots lets zarr fetch every chunk concurrently.
             values = array.get_orthogonal_selection((unique_slots, slice(0, n_time)))
-        return values[inverse].astype(np.float32, copy=False), lengths
+        values = values[inverse].astype(np.float32, copy=False)
+        return (values[:, 0] if clip else values), lengths
 
     def available(self, name: str, video_ids: Sequence[str]) -> np.ndarray:
         """Per video, whether it has feature `name` (False: written as missing, e.g. no audio stream)."""

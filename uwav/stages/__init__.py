@@ -3,8 +3,9 @@
 ```
 segment -> features -> pretrain -> calibrate -> pseudo_labels -> train -> evaluate
 ```
+(without pretrain and calibrate where the pseudo-labels are released ones: `pipeline_stages`)
 - `planner`: fingerprints (settings + upstream + the code each stage runs), fresh / stale /
-  missing status, plans, `run_stage` / `run_pipeline` and the stage records. Imports no torch.
+  missing / unused status, plans, `run_stage` / `run_pipeline` and the stage records. Imports no torch.
 - `segment`, `features`, `pretrain`, `calibrate`, `pseudo_labels`, `train`, `evaluate`: each
   stage's `run(catalog, out_dir, progress) -> StageResult` and its fan-out helpers; a stage's
   code fingerprint covers its module and the uwav modules it imports, nothing else.
@@ -21,12 +22,14 @@ from uwav.stages.planner import (
     StageResult,
     StageStatus,
     compute_fingerprints,
+    pipeline_stages,
     plan,
     run_pipeline,
     run_stage,
     stage_code_files,
     stage_record,
     stage_status,
+    stage_upstream,
     state_dir,
 )
 
@@ -37,11 +40,13 @@ __all__ = [
     "StageResult",
     "StageStatus",
     "compute_fingerprints",
+    "pipeline_stages",
     "plan",
     "run_pipeline",
     "run_stage",
     "stage_code_files",
     "stage_record",
     "stage_status",
+    "stage_upstream",
     "state_dir",
 ]

@@ -20,7 +20,7 @@ from uwav.contracts import (
     TrainOutputs,
 )
 from uwav.errors import InvalidInputError, UwavError
-from uwav.stages.inputs import labelled_split, target_task
+from uwav.stages.inputs import labelled_split, released_pseudo_labels, target_task
 from uwav.stages.planner import StageResult, stage_record, state_dir
 from uwav.stages.tables import dataset_tables, open_store
 
@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # "checkpoint": a uwav checkpoint folder (stage 2's `best/`, a promoted model); the others are
-# released state dicts read by `uwav.models.released.load_released_han`.
+# released state dicts read by `uwav.models.released.load_released_han` ("valor": VALOR and
+# VALOR+; "valor++": VALOR++, whose audio input is the per-clip CLAP maps, store feature `clap_maps`).
 ModelKind = Literal["checkpoint", "avvp-eccv20", "valor", "valor++", "uwav"]
 MODEL_KINDS: tuple[str, ...] = ("checkpoint", "avvp-eccv20", "valor", "valor++", "uwav")
 
@@ -85,6 +86,7 @@ def check_model_inputs(model: HAN, features: HanFeatures, classes: Sequence[str]
 # The pseudo-labels keep only each video's true classes (its weak label), which the HAN has to find
 # by itself: the name says so, lest they read as a score the HAN should simply reach.
 PSEUDO_LABELS_REFERENCE = "pseudo-labels, given video labels"
+RELEASED_PSEUDO_LABELS_REFERENCE = "VALOR's released pseudo-labels, given video labels"
 NOTHING_REFERENCE = "predict nothing"
 
 
@@ -105,13 +107,28 @@ class ModelEvaluation:
 def reference_scores(catalog: Catalog, video_ids: Sequence[str], split: LabelledSplit) -> dict[str, dict[str, float]]:
     """What a model's scores on `split` (the videos `video_ids`) should be read against, on those
     same videos: the binary pseudo-labels of the catalog's pseudo_labels stage, when it has run
-    and holds every one of them (what training started from), and predicting nothing (the floor)."""
+    and holds every one of them (what training started from; VALOR's released ones with
+    `stages.pseudo_labels.source: released`), VALOR's released pseudo-labels beside generated ones
+    where `stages.pseudo_labels.released_root` names them and they cover every video, and
+    predicting nothing (the floor)."""
     import numpy as np
 
     from uwav.evaluation import predict_nothing_scores, pseudo_label_quality
     from uwav.labels import read_pseudo_labels
 
     references = {}
+    settings = catalog.stages.pseudo_labels
+    n_segments = split.gt_audio.shape[1]
+
+    def score(audio: np.ndarray, visual: np.ndarray) -> dict[str, float]:
+        """The LLP protocol on (N, T', C) labels, cut or zero-padded to the split's T segments."""
+        hard = []
+        for values in (audio, visual):
+            values = values.astype(bool)[:, :n_segments]
+            hard.append(np.pad(values, ((0, 0), (0, n_segments - values.shape[1]), (0, 0))))
+        return pseudo_label_quality(*hard, split.gt_audio, split.gt_visual)
+
+    own = PSEUDO_LABELS_REFERENCE if settings.source == "generate" else RELEASED_PSEUDO_LABELS_REFERENCE
     record = state_dir(catalog).record("pseudo_labels")
     if record is not None:
         folder = PseudoLabelsOutputs.of(record.outputs).pseudo_labels
@@ -120,14 +137,13 @@ def reference_scores(catalog: Catalog, video_ids: Sequence[str], split: Labelled
         except (KeyError, UwavError) as error:  # labels from another catalog state: no reference
             log.info("evaluate: no pseudo-label reference: %s", error)
         else:
-            n_segments = split.gt_audio.shape[1]
-            hard = {}
-            for modality in ("audio", "visual"):
-                values = labels.arrays[f"{modality}_hard"].astype(bool)[:, :n_segments]
-                hard[modality] = np.pad(values, ((0, 0), (0, n_segments - values.shape[1]), (0, 0)))
-            references[PSEUDO_LABELS_REFERENCE] = pseudo_label_quality(
-                hard["audio"], hard["visual"], split.gt_audio, split.gt_visual
-            )
+            references[own] = score(labels.arrays["audio_hard"], labels.arrays["visual_hard"])
+    if settings.source == "generate" and settings.released_root is not None:
+        released = released_pseudo_labels(catalog, dataset_tables(catalog, "target"), list(video_ids))
+        if released.video_ids == list(video_ids):
+            references[RELEASED_PSEUDO_LABELS_REFERENCE] = score(released.labels.audio, released.labels.visual)
+        else:
+            log.info("evaluate: no released pseudo-label reference: %d videos lack good files", len(video_ids) - len(released.video_ids))
     references[NOTHING_REFERENCE] = predict_nothing_scores(split.gt_audio, split.gt_visual)
     return references
 
@@ -189,8 +205,11 @@ def evaluate_imported(catalog: Catalog, model_path: Path, kind: str, out_dir: Pa
 
 
 def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
+    from uwav.labels import LABEL_SOURCE_NAMES
     from uwav.training.han_train import load_han
 
+    labels = catalog.stages.pseudo_labels
+    trained_on = LABEL_SOURCE_NAMES[labels.source] + (f" ({catalog.resolve(labels.released_root)})" if labels.source == "released" else "")
     train_record = stage_record(catalog, "train")
     train_outputs = TrainOutputs.of(train_record.outputs)
     model = load_han(train_outputs.best_checkpoint, catalog.stages.train.device)
@@ -199,6 +218,7 @@ def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
         catalog, model, out_dir, source=f"train stage {train_record.fingerprint}",
         history=json.loads(train_outputs.history.read_text()), pseudo_label_quality=quality or None,
         notes=[
+            f"trained on pseudo-labels of the {trained_on}",
             f"best epoch {train_record.metrics.get('best_epoch')}",
             *(f"training health warning: {warning}" for warning in train_record.metrics.get("health_warnings", [])),
         ],

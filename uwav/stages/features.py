@@ -1,5 +1,6 @@
-"""Stage `features`: fill the feature store for every video of both datasets (only the videos it
-lacks) and the class text embeddings of both class lists. After a fan-out
+"""Stage `features`: fill the feature store for every video of the catalog's datasets (the target
+and, where the catalog names one, the pre-training set; only the videos it lacks) and the class
+text embeddings of their class lists. After a fan-out
 (`pending_feature_shards` + `compute_feature_shard` on a cluster) this only finds the work done
 and writes the rest."""
 
@@ -36,14 +37,18 @@ def _encoders(catalog: Catalog, device: str) -> Encoders:
     return build_encoders(catalog.encoders, device, features=_encoded_features(catalog), base_dir=catalog.base_dir)
 
 
-def _both_manifests(catalog: Catalog) -> tuple[DatasetTables, DatasetTables, pl.DataFrame]:
+def _datasets(catalog: Catalog) -> tuple[list[DatasetTables], pl.DataFrame]:
+    """The tables of the target and (where the catalog names one) the pre-training set, and their
+    manifests in one frame."""
     import polars as pl
 
-    target, pretrain = dataset_tables(catalog, "target"), dataset_tables(catalog, "pretrain")
-    clash = set(target.manifest["video_id"]) & set(pretrain.manifest["video_id"])
-    if clash:
-        raise StageError(f"features: video ids in both datasets would share store entries: {sorted(clash)[:5]}")
-    return target, pretrain, pl.concat([target.manifest, pretrain.manifest])
+    datasets = [dataset_tables(catalog, "target")]
+    if catalog.pretrain is not None:
+        datasets.append(dataset_tables(catalog, "pretrain"))
+        clash = set(datasets[0].manifest["video_id"]) & set(datasets[1].manifest["video_id"])
+        if clash:
+            raise StageError(f"features: video ids in both datasets would share store entries: {sorted(clash)[:5]}")
+    return datasets, pl.concat([tables.manifest for tables in datasets])
 
 
 def pending_feature_shards(catalog: Catalog, shard_videos: int = FEATURE_SHARD_VIDEOS) -> list[list[str]]:
@@ -54,7 +59,7 @@ def pending_feature_shards(catalog: Catalog, shard_videos: int = FEATURE_SHARD_V
     settings = catalog.stages.features
     if settings.source in ("synthetic", "released"):
         return []
-    _, _, manifest = _both_manifests(catalog)
+    _, manifest = _datasets(catalog)
     usable = manifest.filter(pl.col("media_path").is_not_null())
     encoders = _encoders(catalog, "cpu")
     store = open_store(catalog, settings.dtype)
@@ -76,7 +81,7 @@ def compute_feature_shard(catalog: Catalog, video_ids: Sequence[str]) -> list[di
     from uwav.media.quarantine import QuarantineLog
 
     settings = catalog.stages.features
-    _, _, manifest = _both_manifests(catalog)
+    _, manifest = _datasets(catalog)
     shard = manifest.filter(pl.col("video_id").is_in(list(video_ids)))
     quarantine = QuarantineLog()
     extract_features(
@@ -99,9 +104,9 @@ RELEASED_PROBLEMS_NAME = "released_import_problems.parquet"
 
 
 def import_release(catalog: Catalog, out_dir: Path) -> dict[str, Any]:
-    """`source: released`: both datasets' CLIP / CLAP segment features and class text embeddings,
-    and the target's AVVP features, from `released_root`; no media is opened. Every skipped video
-    is listed in `released_import_problems.parquet`."""
+    """`source: released`: the datasets' CLIP / CLAP features and the class text embeddings the
+    release has, and the target's AVVP features, from `released_root`; no media is opened. Every
+    skipped video is listed in `released_import_problems.parquet`."""
     import polars as pl
 
     from uwav.features.official import import_official_llp
@@ -111,13 +116,16 @@ def import_release(catalog: Catalog, out_dir: Path) -> dict[str, Any]:
     if settings.released_root is None:
         raise StageError("features: source 'released' needs stages.features.released_root in the catalog")
     root = Path(catalog.resolve(settings.released_root) or "")
-    target, pretrain, _ = _both_manifests(catalog)
+    datasets, _ = _datasets(catalog)
+    target = datasets[0]
     store = open_store(catalog, settings.dtype)
     reports = {}
-    for tables in (target, pretrain):
+    stored: dict[str, Any] = {}
+    for tables in datasets:
         layout = find_release(root, catalog.dataset(tables.name).kind)
         import_released_text(store, layout, tables.classes, tables.role)
         reports[f"{tables.role}_released"] = import_released_segments(store, layout, tables.manifest, workers=settings.workers)
+        stored[tables.role] = {"features": list(layout.segment_folders), "text_embeddings": sorted(layout.text_files)}
     if catalog.dataset(target.name).kind == "llp":  # the HAN's R(2+1)D (and official) inputs
         reports["target_official"] = import_official_llp(
             store, official_features_folder(root), target.manifest["video_id"].to_list(), workers=settings.workers,
@@ -128,6 +136,7 @@ def import_release(catalog: Catalog, out_dir: Path) -> dict[str, Any]:
     return {
         "problems_report": str(out_dir / RELEASED_PROBLEMS_NAME),
         "released_import": {name: report.summary() for name, report in reports.items()},
+        "released_stored": stored,
         "imported": {name: len(report.imported) for name, report in reports.items()},
         "skipped_videos": problems["video_id"].n_unique(),
     }
@@ -137,7 +146,8 @@ def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
     from uwav.media.quarantine import QuarantineLog
 
     settings = catalog.stages.features
-    target, pretrain, _ = _both_manifests(catalog)
+    datasets, _ = _datasets(catalog)
+    target = datasets[0]
     store = open_store(catalog, settings.dtype)
     metrics: dict[str, Any] = {}
     if settings.source == "synthetic":
@@ -153,7 +163,7 @@ def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
     encoders = _encoders(catalog, settings.device)
     quarantine = QuarantineLog.load(quarantine_path(catalog))
     try:
-        for tables in (target, pretrain):
+        for tables in datasets:
             summary = extract_features(tables.manifest, store, encoders, settings, quarantine, progress=progress)
             metrics[f"{tables.role}_extraction"] = {
                 "videos": summary.n_videos,
@@ -165,7 +175,7 @@ def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
             }
     finally:
         quarantine.write(quarantine_path(catalog))
-    for tables in (target, pretrain):
+    for tables in datasets:
         compute_text_embeddings(store, encoders, tables.classes, settings, role=tables.role)
     if settings.source == "official":
         from uwav.features.official import import_official_llp

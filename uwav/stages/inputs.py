@@ -1,7 +1,7 @@
 """Stage inputs shared by the stages that read features (pretrain onwards): the split arrays of
 a manifest subset, the class text embeddings, the HAN's inputs and dense truth, the generator's
-logits on target videos, the videos that have pseudo-labels. Stage modules import these from
-here, never from one another."""
+logits on target videos, VALOR's released pseudo-labels, the videos that have pseudo-labels. Stage
+modules import these from here, never from one another."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import polars as pl
 
     from uwav.features.store import FeatureStore
+    from uwav.labels import ReleasedPseudoLabels
     from uwav.training.data import HanFeatures, LabelledSplit
     from uwav.workspace import DatasetTables
 
@@ -29,8 +30,8 @@ class SplitArrays:
     """Store features of the usable videos of a manifest subset, in manifest order."""
 
     video_ids: list[str]
-    features: dict[str, np.ndarray]  # name -> float32 (N, T, ...) zero padded
-    lengths: np.ndarray  # (N,) int
+    features: dict[str, np.ndarray]  # name -> float32 (N, T, ...) zero padded; a per-clip feature (N, *clip_shape)
+    lengths: np.ndarray  # (N,) int, segments per video
     excluded: int  # videos without every feature
 
 
@@ -38,6 +39,12 @@ def load_split(store: FeatureStore, manifest: pl.DataFrame, names: Sequence[str]
     """Videos of `manifest` that have every feature in `names` (and no feature written as missing)."""
     import numpy as np
 
+    absent = [name for name in names if name not in store.feature_names()]
+    if absent:
+        raise StageError(
+            f"feature store {store.url} has no feature {', '.join(map(repr, absent))} (it holds {store.feature_names()}); "
+            "the features stage stores what stages.features.source provides"
+        )
     candidates = manifest["video_id"].to_list()
     complete = store.completed(list(names)) if candidates else set()
     ids = [video_id for video_id in candidates if video_id in complete]
@@ -61,7 +68,11 @@ def text_embeddings(store: FeatureStore, role: str) -> AudioVisual[np.ndarray]:
         name = text_embedding_name(feature, role)
         found[modality] = store.read_text_embeddings(name)
         if found[modality] is None:
-            raise StageError(f"feature store {store.url}: no text embeddings {name!r}; rerun the features stage")
+            raise StageError(
+                f"feature store {store.url}: no class text embeddings {name!r}, which the pseudo-label generator "
+                "needs: rerun the features stage (a feature release must hold them: "
+                ".../event_feats/all_event_feats.npy), or train from released pseudo-labels (stages.pseudo_labels.source: released)"
+            )
     return AudioVisual(**found)
 
 
@@ -109,6 +120,19 @@ def plg_logits(catalog: Catalog, store: FeatureStore, manifest: pl.DataFrame) ->
         batch_size=catalog.stages.pseudo_labels.batch_size, precision=catalog.stages.pretrain.precision,
     )
     return split, logits._asdict()
+
+
+def released_pseudo_labels(catalog: Catalog, tables: DatasetTables, video_ids: list[str]) -> ReleasedPseudoLabels:
+    """VALOR's released pseudo-labels (`stages.pseudo_labels.released_root`) of target videos."""
+    import polars as pl
+
+    from uwav.labels import read_released_pseudo_labels
+
+    root = Path(catalog.resolve(catalog.stages.pseudo_labels.released_root) or "")
+    rows = tables.manifest.filter(pl.col("video_id").is_in(video_ids))
+    counts = dict(zip(rows["video_id"].to_list(), rows["n_segments"].to_list(), strict=True))
+    kind = catalog.dataset(catalog.target).kind
+    return read_released_pseudo_labels(root, kind, video_ids, [counts[video_id] for video_id in video_ids], len(tables.classes))
 
 
 def available_ids(folder: Path, video_ids: list[str]) -> list[str]:

@@ -3,6 +3,9 @@
 ```
 segment -> features -> pretrain -> calibrate -> pseudo_labels -> train -> evaluate
 ```
+With released pseudo-labels (`stages.pseudo_labels.source: released`) the pipeline is
+`segment -> features -> pseudo_labels -> train -> evaluate`: pretrain and calibrate are unused
+(`pipeline_stages`; `uwav status` says so) and pseudo_labels follows the features.
 A stage's fingerprint hashes the catalog settings its result depends on, the fingerprints of its
 upstream stages, and the source of the code it runs: its own module `uwav/stages/<stage>.py`
 and every uwav module that module imports, transitively (`stage_code_files`). Fingerprints are
@@ -35,6 +38,7 @@ from uwav.catalog import Catalog
 from uwav.contracts import StageOutputs
 from uwav.errors import MissingInputError, StageError
 from uwav.features.configs import shipped_model_config
+from uwav.features.released import RELEASED_LABEL_FOLDERS
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,35 @@ STAGE_UPSTREAM: dict[str, tuple[str, ...]] = {
     "train": ("pseudo_labels",),
     "evaluate": ("train",),
 }
+
+# The stages that only the generated pseudo-labels need.
+GENERATOR_STAGES: tuple[str, ...] = ("pretrain", "calibrate")
+
+
+def pipeline_stages(catalog: Catalog) -> tuple[str, ...]:
+    """The stages this catalog's pipeline runs, in order: all of them, or without the generator's
+    stages where the pseudo-labels are VALOR's released ones."""
+    if catalog.stages.pseudo_labels.source == "released":
+        return tuple(stage for stage in STAGES if stage not in GENERATOR_STAGES)
+    return STAGES
+
+
+def stage_upstream(catalog: Catalog, stage: str) -> tuple[str, ...]:
+    """The stages whose fingerprints feed `stage`'s for this catalog (`STAGE_UPSTREAM`; released
+    pseudo-labels follow the features, which the train stage then reads through them)."""
+    if stage == "pseudo_labels" and catalog.stages.pseudo_labels.source == "released":
+        return ("features",)
+    return STAGE_UPSTREAM[check_stage(stage)]
+
+
+def _check_used(catalog: Catalog, stage: str) -> str:
+    if check_stage(stage) not in pipeline_stages(catalog):
+        raise StageError(
+            f"stage {stage} is not part of this catalog's pipeline: the pseudo-labels are released ones "
+            "(stages.pseudo_labels.source: released); set source: generate to run the generator's stages"
+        )
+    return stage
+
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +107,7 @@ class StageResult:
 @dataclass(frozen=True)
 class StageStatus:
     stage: str
-    state: Literal["fresh", "stale", "missing"]
+    state: Literal["fresh", "stale", "missing", "unused"]  # unused: not in `pipeline_stages`
     fingerprint: str
     why: str = ""
 
@@ -159,8 +192,11 @@ def stage_code_fingerprint(stage: str, root: Path = PACKAGE_ROOT) -> str:
 # ---------------------------------------------------------------- settings and fingerprints
 
 
-def _dataset_identity(catalog: Catalog, name: str) -> dict[str, Any]:
-    """A dataset's config plus the content of its annotations and a listing of its media."""
+def _dataset_identity(catalog: Catalog, name: str | None) -> dict[str, Any]:
+    """A dataset's config plus the content of its annotations and a listing of its media (None:
+    the catalog names no dataset there)."""
+    if name is None:
+        return {"name": None}
     config = catalog.dataset(name)
     identity: dict[str, Any] = {"name": name, "config": config.model_dump(mode="json")}
     if config.kind == "synthetic":
@@ -242,11 +278,21 @@ def stage_settings(catalog: Catalog, stage: str, features_definition: dict[str, 
     if stage == "calibrate":
         return {"calibrate": stages.calibrate.model_dump(mode="json"), "dataset": _dataset_identity(catalog, catalog.target)}
     if stage == "pseudo_labels":
-        return {
+        settings = stages.pseudo_labels
+        found: dict[str, Any] = {
             "store": catalog.stores.pseudo_labels,
-            "soft_temperature": stages.pseudo_labels.soft_temperature,
+            "source": settings.source,
             "dataset": _dataset_identity(catalog, catalog.target),
         }
+        if settings.source == "generate":
+            found["soft_temperature"] = settings.soft_temperature
+        if settings.released_root is not None:  # the labels themselves, or those scored beside the generated ones
+            root = Path(catalog.resolve(settings.released_root))  # type: ignore[arg-type]
+            found["released"] = {
+                folder: listing_fingerprint(root / folder) if (root / folder).is_dir() else "absent"
+                for folder in RELEASED_LABEL_FOLDERS.values()
+            }
+        return found
     if stage == "train":
         return stages.train.model_dump(mode="json", exclude={"device"})
     return stages.evaluate.model_dump(mode="json")  # evaluate
@@ -265,7 +311,7 @@ def compute_fingerprints(catalog: Catalog, code_root: Path = PACKAGE_ROOT) -> di
         payload = {
             "stage": stage,
             "settings": _settings_fingerprint(catalog, stage, features_definition),
-            "inputs": {name: found[name] for name in STAGE_UPSTREAM[stage]},
+            "inputs": {name: found[name] for name in stage_upstream(catalog, stage)},
             "code": stage_code_fingerprint(stage, code_root),
         }
         found[stage] = text_fingerprint(stable_json(payload))
@@ -293,14 +339,17 @@ def quarantine_path(catalog: Catalog) -> Path:
 
 
 def stage_status(catalog: Catalog) -> list[StageStatus]:
-    """Each stage as fresh, stale (with the reason) or missing."""
+    """Each stage as fresh, stale (with the reason), missing, or unused by this catalog's pipeline."""
     state = state_dir(catalog)
     fingerprints = compute_fingerprints(catalog)
+    used = pipeline_stages(catalog)
     statuses: list[StageStatus] = []
     for stage in STAGES:
         record = state.record(stage)
         current = fingerprints[stage]
-        if record is None:
+        if stage not in used:
+            status = StageStatus(stage, "unused", current, "the pseudo-labels are released ones (stages.pseudo_labels.source)")
+        elif record is None:
             status = StageStatus(stage, "missing", current, "never run")
         elif record.fingerprint == current and _outputs_exist(record):
             status = StageStatus(stage, "fresh", current)
@@ -315,7 +364,7 @@ def stage_status(catalog: Catalog) -> list[StageStatus]:
 def _record_inputs(catalog: Catalog, stage: str, fingerprints: dict[str, str]) -> dict[str, str]:
     """What a record keeps of a stage's fingerprint, so `uwav status` can say why it went stale."""
     return {
-        **{f"upstream.{name}": fingerprints[name] for name in STAGE_UPSTREAM[stage]},
+        **{f"upstream.{name}": fingerprints[name] for name in stage_upstream(catalog, stage)},
         "settings": _settings_fingerprint(catalog, stage),
         "code": stage_code_fingerprint(stage),
     }
@@ -323,7 +372,7 @@ def _record_inputs(catalog: Catalog, stage: str, fingerprints: dict[str, str]) -
 
 def _why_stale(catalog: Catalog, stage: str, record: StageRecord, fingerprints: dict[str, str]) -> str:
     current = _record_inputs(catalog, stage, fingerprints)
-    reasons = [f"{name} changed" for name in STAGE_UPSTREAM[stage] if record.inputs.get(f"upstream.{name}") != current[f"upstream.{name}"]]
+    reasons = [f"{name} changed" for name in stage_upstream(catalog, stage) if record.inputs.get(f"upstream.{name}") != current[f"upstream.{name}"]]
     if record.inputs.get("settings") != current["settings"]:
         reasons.append("its settings or input files changed")
     if record.inputs.get("code") != current["code"]:
@@ -336,13 +385,14 @@ def _outputs_exist(record: StageRecord) -> bool:
 
 
 def plan(catalog: Catalog, stages: Iterable[str] | None = None, force: Iterable[str] = ()) -> list[str]:
-    """The stages a run executes, in pipeline order, up to the last requested one: those not fresh
-    (fingerprints chain, so a changed stage makes everything downstream stale too) and, from the
-    first forced stage on, all of them."""
-    requested = list(stages) if stages is not None else list(STAGES)
+    """The stages a run executes, in pipeline order (`pipeline_stages`), up to the last requested
+    one: those not fresh (fingerprints chain, so a changed stage makes everything downstream stale
+    too) and, from the first forced stage on, all of them."""
+    used = pipeline_stages(catalog)
+    requested = list(stages) if stages is not None else list(used)
     forced = list(force)
     for name in (*requested, *forced):
-        check_stage(name)
+        _check_used(catalog, name)
     if not requested:
         return []
     last = max(STAGES.index(name) for name in requested)
@@ -350,8 +400,8 @@ def plan(catalog: Catalog, stages: Iterable[str] | None = None, force: Iterable[
     statuses = {status.stage: status.state for status in stage_status(catalog)}
     return [
         stage
-        for index, stage in enumerate(STAGES[: last + 1])
-        if statuses[stage] != "fresh" or index >= first_forced
+        for stage in used
+        if STAGES.index(stage) <= last and (statuses[stage] != "fresh" or STAGES.index(stage) >= first_forced)
     ]
 
 
@@ -365,6 +415,8 @@ def stage_function(stage: str) -> Callable[[Catalog, Path, bool], StageResult]:
 
 def run_stage(catalog: Catalog, stage: str, *, force: bool = False, progress: bool = True) -> StageRecord:
     """Run one stage unless its fingerprint matches the record (then return the record)."""
+    used = pipeline_stages(catalog)
+    _check_used(catalog, stage)
     state = state_dir(catalog)
     fingerprints = compute_fingerprints(catalog)
     current = fingerprints[stage]
@@ -372,11 +424,12 @@ def run_stage(catalog: Catalog, stage: str, *, force: bool = False, progress: bo
     if record is not None and record.fingerprint == current and _outputs_exist(record) and not force:
         log.info("%s: fresh (%s), skipped", stage, current)
         return record
-    index = STAGES.index(stage)
+    index = used.index(stage)
     if index > 0:
-        upstream = state.record(STAGES[index - 1])
-        if upstream is None or upstream.fingerprint != fingerprints[STAGES[index - 1]]:
-            raise StageError(f"{stage}: upstream stage {STAGES[index - 1]} is not fresh; run it first (uwav run)")
+        previous = used[index - 1]
+        upstream = state.record(previous)
+        if upstream is None or upstream.fingerprint != fingerprints[previous]:
+            raise StageError(f"{stage}: upstream stage {previous} is not fresh; run it first (uwav run)")
     out_dir = state.stage_dir(stage, current)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -73,6 +73,12 @@ def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
     settings = catalog.stages.pretrain
     if settings.checkpoint is not None:
         return register_released(catalog, out_dir)
+    if catalog.pretrain is None:
+        raise StageError(
+            "pretrain: the catalog names no `pretrain` dataset to train the pseudo-label generator on: add one "
+            "(e.g. UnAV-100 with `role: pretrain`), set stages.pretrain.checkpoint to a released generator, or "
+            "train from released pseudo-labels (stages.pseudo_labels.source: released)"
+        )
     tables = dataset_tables(catalog, "pretrain")
     store = open_store(catalog)
     data, excluded = pretrain_split(store, tables, "train")

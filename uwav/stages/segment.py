@@ -1,6 +1,7 @@
 """Stage `segment`: read both datasets (generating synthetic ones), validate every row, probe
 every video's media and write the manifests the later stages use. Bad rows go to the validation
-report, unusable media to the quarantine table; neither stops the run."""
+report, unusable media to the quarantine table; neither stops the run. A catalog without a
+pre-training set gets empty pre-training tables (no classes, no videos)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 import polars as pl
 
 from uwav.catalog import Catalog, DatasetConfig
-from uwav.contracts import SegmentOutputs
+from uwav.contracts import SegmentOutputs, empty_dense, empty_manifest
 from uwav.datasets import ValidationReport, dataset_classes, read_dataset
 from uwav.stages.planner import StageResult, quarantine_path, state_dir
 from uwav.workspace import DatasetTables, Role, write_tables
@@ -21,10 +22,16 @@ ROLES: tuple[str, str] = ("target", "pretrain")
 SYNTH_DONE = ".uwav-synth-complete"
 
 
-def dataset_name(catalog: Catalog, role: Role) -> str:
+def dataset_name(catalog: Catalog, role: Role) -> str | None:
+    """The catalog's dataset playing `role` (None: the catalog names no pre-training set)."""
     if role not in ROLES:
         raise ValueError(f"unknown dataset role {role!r}; roles: {ROLES}")
     return catalog.target if role == "target" else catalog.pretrain
+
+
+def catalog_roles(catalog: Catalog) -> list[Role]:
+    """The roles the catalog names a dataset for."""
+    return [role for role in ROLES if dataset_name(catalog, role) is not None]
 
 
 def ensure_synthetic(catalog: Catalog, config: DatasetConfig) -> Path:
@@ -52,8 +59,11 @@ def ensure_synthetic(catalog: Catalog, config: DatasetConfig) -> Path:
 
 
 def read_catalog_dataset(catalog: Catalog, role: Role, report: ValidationReport) -> DatasetTables:
-    """Read (and for synthetic datasets, first generate) the dataset playing `role`."""
+    """Read (and for synthetic datasets, first generate) the dataset playing `role`; an empty one
+    where the catalog names none."""
     name = dataset_name(catalog, role)
+    if name is None:
+        return DatasetTables(role, None, [], empty_manifest(), empty_dense())
     config = catalog.dataset(name)
     if config.kind == "synthetic":
         return _read_synthetic(catalog, role, name, config, report)
@@ -104,7 +114,7 @@ def pending_probe_shards(catalog: Catalog, shard_videos: int = PROBE_SHARD_VIDEO
     from uwav.media.probe import load_probe_cache, unprobed_paths
 
     paths: list[str] = []
-    for role in ("target", "pretrain"):
+    for role in catalog_roles(catalog):
         manifest = read_catalog_dataset(catalog, role, ValidationReport()).manifest
         paths += manifest["media_path"].drop_nulls().to_list()
     pending = unprobed_paths(paths, load_probe_cache(probe_cache_path(catalog)))

@@ -38,13 +38,15 @@ class HanInputs:
     data: HanTrainData
     tables: DatasetTables  # the target's
     train_videos: int
-    excluded_train_videos: int
+    excluded_train_videos: int  # without HAN features or pseudo-labels
+    train_videos_without_pseudo_labels: int
     val_videos: int
 
 
 def han_train_inputs(catalog: Catalog) -> HanInputs:
     """Training features, weak labels and pseudo-labels, and the validation split, from the stores."""
     import numpy as np
+    import polars as pl
 
     from uwav.labels import read_pseudo_labels
     from uwav.training.data import HanTrainData
@@ -54,10 +56,12 @@ def han_train_inputs(catalog: Catalog) -> HanInputs:
     store = open_store(catalog)
     folder = PseudoLabelsOutputs.of(stage_record(catalog, "pseudo_labels").outputs).pseudo_labels
     train_manifest = tables.split("train")
-    train_split, train_features = han_features(catalog, store, train_manifest)
-    ids = available_ids(folder, train_split.video_ids)
-    if len(ids) != len(train_split.video_ids):
-        raise StageError(f"train: {len(train_split.video_ids) - len(ids)} training videos have features but no pseudo-labels")
+    # Videos without pseudo-labels (no generator features, or no released labels) are left out.
+    with_labels = train_manifest.filter(pl.col("video_id").is_in(available_ids(folder, train_manifest["video_id"].to_list())))
+    train_split, train_features = han_features(catalog, store, with_labels)
+    ids = train_split.video_ids
+    if not ids:
+        raise StageError(f"train: no training video of {tables.name!r} has both HAN features and pseudo-labels")
     labels = read_pseudo_labels(folder, ids)
     stacked = {
         kind: np.stack([labels.arrays[f"audio_{kind}"], labels.arrays[f"visual_{kind}"]], axis=2).astype(np.float32)
@@ -66,7 +70,9 @@ def han_train_inputs(catalog: Catalog) -> HanInputs:
     weak = weak_label_matrix(train_manifest.filter(train_manifest["video_id"].is_in(ids)), tables.classes)
     val_split, val = labelled_split(catalog, store, tables, "val")
     data = HanTrainData.from_arrays(train_features, weak, stacked["soft"], stacked["hard"], val)
-    return HanInputs(data, tables, len(ids), train_split.excluded, len(val_split.video_ids))
+    return HanInputs(
+        data, tables, len(ids), train_manifest.height - len(ids), train_manifest.height - with_labels.height, len(val_split.video_ids)
+    )
 
 
 def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
@@ -93,6 +99,7 @@ def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
         TrainOutputs(result.best_checkpoint, history),
         {"train_videos": inputs.train_videos, "val_videos": inputs.val_videos,
          "excluded_train_videos": inputs.excluded_train_videos,
+         "train_videos_without_pseudo_labels": inputs.train_videos_without_pseudo_labels,
          "best_epoch": result.best_epoch, "best_val_score": result.best_score,
          "precision": effective_precision(resolve_device(settings.device), settings.precision),
          "health_warnings": warnings},

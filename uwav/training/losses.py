@@ -161,7 +161,10 @@ class UWAVLoss(nn.Module):
       (BCE is linear in its target). Never re-weighted. Targets mix the segment-loss targets (`mixup_targets='soft'`) or their ceil
       (`'ceil'`, the AVE variant; note ceil(sigmoid(z - theta) * y) = y whenever the soft label is
       nonzero, i.e. the video label on every segment).
-    The HAN baseline is `UWAVLoss(segment_loss=False, mixup=False)`.
+    The HAN baseline is `UWAVLoss(segment_loss=False, mixup=False)`. VALOR's loss (`main_avvp.py`:
+    `L_video` + BCE-with-logits of each modality's segment logits against its binary pseudo-labels,
+    each mean-reduced over (B, T, C)) is `UWAVLoss(labels="binary", reweight=False, mixup=False)`,
+    what `recipe: valor` sets (tested against a transcription of VALOR's loop).
     """
 
     def __init__(
