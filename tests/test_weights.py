@@ -46,7 +46,7 @@ CPU = torch.device("cpu")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_CLIP_REPO = "uwav-test/tiny-clip"
 TINY_CLIP_PREPROCESS = {"mean": [0.1, 0.2, 0.3], "std": [0.5, 0.6, 0.7], "interpolation": "bilinear", "resize_mode": "squash"}
-FUSION_CLAP = EncoderConfig(name="uwav-tiny-clap-fusion", pretrained="630k-fusion-best.pt", fusion=True)
+NAMED_CLAP = EncoderConfig(name="uwav-tiny-clap", pretrained="630k-audioset-best.pt")
 _ENVIRONMENT = ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "UWAV_OFFLINE", "UWAV_WEIGHTS_MIRROR")
 
 
@@ -93,15 +93,16 @@ def serve_tiny_clip(hub: LoopbackHub, repo_id: str = TINY_CLIP_REPO, seed: int =
     return state
 
 
-def serve_fusion_checkpoint(hub: LoopbackHub, seed: int = 3) -> tuple[dict[str, torch.Tensor], bytes]:
-    """The tiny fusion CLAP as laion_clap's releases are saved: a training checkpoint with numpy
-    scalars, `module.` keys and a key newer transformers dropped, pickled with protocol 4."""
-    network = build_clap_encoder(EncoderConfig(name="uwav-tiny-clap-fusion", random_init=True, fusion=True), CPU).model
+def serve_clap_checkpoint(hub: LoopbackHub, seed: int = 3) -> tuple[dict[str, torch.Tensor], bytes]:
+    """The tiny CLAP as laion_clap's releases are saved, under a released name: a training
+    checkpoint with numpy scalars, `module.` keys and a key newer transformers dropped, pickled
+    with protocol 4 (the fusion ones differ only in `fusion`, checked in test_encoders)."""
+    network = build_clap_encoder(EncoderConfig(name="uwav-tiny-clap", random_init=True), CPU).model
     state = _perturbed(network, seed)
     wrapped = {f"module.{key}": value for key, value in state.items()}
     wrapped["module.text_branch.embeddings.position_ids"] = torch.arange(4)
     content = _torch_bytes({"epoch": 45, "best_metric": np.float64(0.7), "state_dict": wrapped}, pickle_protocol=4)
-    hub.add_repo_file("lukewys/laion_clap", "630k-fusion-best.pt", content)
+    hub.add_repo_file("lukewys/laion_clap", "630k-audioset-best.pt", content)
     return state, content
 
 
@@ -158,19 +159,19 @@ def test_an_hf_hub_clip_downloads_on_first_use_then_reads_only_the_cache(hub: Lo
 
 
 def test_a_laion_clap_checkpoint_downloads_by_name(hub: LoopbackHub, tmp_path: Path) -> None:
-    state, content = serve_fusion_checkpoint(hub)
-    encoder = build_clap_encoder(FUSION_CLAP, CPU)
+    state, content = serve_clap_checkpoint(hub)
+    encoder = build_clap_encoder(NAMED_CLAP, CPU)
     _assert_state(encoder.model, state)
     assert encoder.identity == (
-        f"clap/uwav-tiny-clap-fusion/pretrained=630k-fusion-best.pt@lukewys/laion_clap/630k-fusion-best.pt@{_blob_id(content, lfs=True)}/fusion"
+        f"clap/uwav-tiny-clap/pretrained=630k-audioset-best.pt@lukewys/laion_clap/630k-audioset-best.pt@{_blob_id(content, lfs=True)}"
     )
-    assert hub.requested("GET") == ["/lukewys/laion_clap/resolve/main/630k-fusion-best.pt"]
+    assert hub.requested("GET") == ["/lukewys/laion_clap/resolve/main/630k-audioset-best.pt"]
     # the same file named by a catalog is read weights-only, which cannot read it: only files uwav
     # fetched by name from their publisher's repository are unpickled in full
     local = tmp_path / "copy.pt"
     local.write_bytes(content)
     with pytest.raises(EncoderError, match=f"checkpoint file {local} cannot be read"):
-        build_clap_encoder(EncoderConfig(name="uwav-tiny-clap-fusion", checkpoint=str(local), fusion=True), CPU)
+        build_clap_encoder(EncoderConfig(name="uwav-tiny-clap", checkpoint=str(local)), CPU)
 
 
 def _byte_level_vocab() -> dict[str, int]:
@@ -344,10 +345,10 @@ def _catalog(folder: Path, encoders: dict) -> Path:
 
 def test_weights_fetch_fills_the_caches_and_a_run_then_reads_only_them(hub: LoopbackHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     serve_tiny_clip(hub)
-    serve_fusion_checkpoint(hub)
+    serve_clap_checkpoint(hub)
     catalog = _catalog(tmp_path, {
         "clip": {"name": f"hf-hub:{TINY_CLIP_REPO}"},
-        "clap": FUSION_CLAP.model_dump(exclude_defaults=True),
+        "clap": NAMED_CLAP.model_dump(exclude_defaults=True),
         "r2plus1d": {"name": "uwav-tiny-r2plus1d", "random_init": True},
     })
     # in a subprocess, where huggingface_hub reads HF_ENDPOINT and HF_HOME at import
@@ -360,7 +361,7 @@ def test_weights_fetch_fills_the_caches_and_a_run_then_reads_only_them(hub: Loop
     assert [(key, source) for key, source, _, _ in lines] == [
         ("encoders.clip", f"hf://{TINY_CLIP_REPO}/open_clip_config.json"),
         ("encoders.clip", f"hf://{TINY_CLIP_REPO}/{{open_clip_model.safetensors,open_clip_pytorch_model.bin}}"),
-        ("encoders.clap", "hf://lukewys/laion_clap/630k-fusion-best.pt"),
+        ("encoders.clap", "hf://lukewys/laion_clap/630k-audioset-best.pt"),
     ]
     for _, _, size, path in lines:
         assert re.fullmatch(r"\d+(\.\d)? (B|KB|MB)", size) and Path(path).is_file() and Path(path).is_relative_to(tmp_path / "hf")
