@@ -241,7 +241,9 @@ def build_clip_encoder(
     fetched = fetch_weights(clip_weight_files(config), what=what, mirror=mirror)
     hub_folder = fetched[0].path.parent if config.hub_model else None
     if hub_folder is not None:
-        model_cfg = json.loads((hub_folder / _HUB_CONFIG).read_text())["model_cfg"]
+        model_cfg = json.loads((hub_folder / _HUB_CONFIG).read_text()).get("model_cfg")
+        if not isinstance(model_cfg, dict):
+            raise EncoderError(f"{what}: {hub_folder / _HUB_CONFIG} has no `model_cfg`: not an open_clip model repository")
     else:
         model_cfg = open_clip.get_model_config(config.name)
     _require_own_text_tower(config.name, model_cfg)
