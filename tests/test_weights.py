@@ -156,6 +156,10 @@ def test_an_hf_hub_clip_downloads_on_first_use_then_reads_only_the_cache(hub: Lo
         "/uwav-test/tiny-clip-bin/resolve/main/open_clip_model.safetensors",
         "/uwav-test/tiny-clip-bin/resolve/main/open_clip_pytorch_model.bin",
     ]
+    # a repository that is not an open_clip model's
+    hub.add_repo_file("uwav-test/not-clip", "open_clip_config.json", b'{"architectures": ["BertModel"]}')
+    with pytest.raises(EncoderError, match="open_clip_config.json has no `model_cfg`: not an open_clip model repository"):
+        build_clip_encoder(EncoderConfig(name="hf-hub:uwav-test/not-clip", random_init=True), CPU)
 
 
 def test_a_laion_clap_checkpoint_downloads_by_name(hub: LoopbackHub, tmp_path: Path) -> None:
