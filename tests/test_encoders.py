@@ -15,7 +15,12 @@ from uwav.catalog import EncoderConfig, EncodersConfig
 from uwav.features import configs as model_configs
 from uwav.features.clap_encoder import build_clap_encoder
 from uwav.features.encoder_base import EncoderError, load_checkpoint
-from uwav.features.encoders import Encoders, build_clip_encoder, build_encoders
+from uwav.features.encoders import (
+    Encoders,
+    build_clip_encoder,
+    build_encoders,
+    create_clip_network,
+)
 from uwav.features.frame_encoders import (
     build_image_encoder,
     build_image_resnet,
@@ -214,11 +219,14 @@ def test_unknown_model_configs_are_named() -> None:
         build_video_encoder(EncoderConfig(name="r3d_99", random_init=True), CPU)
 
 
-def test_torchvision_pretrained_tag_reads_the_torch_hub_cache_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_torchvision_pretrained_tag_is_read_from_the_torch_hub_cache_without_network(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("UWAV_OFFLINE", "1")
     config = EncoderConfig(name="r2plus1d_18", pretrained="KINETICS400_V1")
     expected = tmp_path / "hub" / "checkpoints" / "r2plus1d_18-91a641e6.pth"
-    with pytest.raises(EncoderError, match=f"expected the weights file at {expected}"):
+    with pytest.raises(EncoderError, match=f"r2plus1d_18-91a641e6.pth is not in the cache {expected.parent} and UWAV_OFFLINE=1"):
         build_video_encoder(config, CPU)
     with pytest.raises(EncoderError, match="unknown pretrained tag 'KINETICS999'"):
         build_video_encoder(EncoderConfig(name="r2plus1d_18", pretrained="KINETICS999"), CPU)
@@ -228,22 +236,25 @@ def test_torchvision_pretrained_tag_reads_the_torch_hub_cache_only(monkeypatch: 
     expected.parent.mkdir(parents=True)
     torch.save(state, expected)
     encoder = build_video_encoder(config, CPU)
-    assert encoder.dim == 512 and encoder.identity == "r2plus1d/r2plus1d_18/pretrained=KINETICS400_V1"
+    # the identity names the file, whose name carries its content hash
+    assert encoder.dim == 512 and encoder.identity == "r2plus1d/r2plus1d_18/pretrained=KINETICS400_V1@r2plus1d_18-91a641e6.pth"
     torch.testing.assert_close(encoder.model.state_dict()["layer4.1.conv2.0.1.weight"], state["layer4.1.conv2.0.1.weight"])
 
 
-def test_clap_with_a_hugging_face_text_branch_needs_it_in_the_local_cache(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
+def test_clap_offline_without_roberta_in_the_cache_names_the_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     checkpoint = tmp_path / "630k-audioset-best.pt"
     checkpoint.write_bytes(b"")
-    with pytest.raises(EncoderError, match="'roberta-base'.*local Hugging Face cache"):
+    cache = tmp_path / "hf" / "hub" / "models--FacebookAI--roberta-base"
+    with pytest.raises(EncoderError, match=f"hf://FacebookAI/roberta-base/config.json is not in the cache {cache} and HF_HUB_OFFLINE=1.*uwav weights fetch"):
         build_clap_encoder(EncoderConfig(name="HTSAT-tiny", checkpoint=str(checkpoint)), CPU)
-    with pytest.raises(EncoderError, match="pretrained tag 'laion' is not supported"):
+    with pytest.raises(EncoderError, match="unknown pretrained checkpoint 'laion'.*630k-fusion-best.pt"):
         build_clap_encoder(EncoderConfig(name="HTSAT-tiny", pretrained="laion"), CPU)
+    with pytest.raises(EncoderError, match="630k-fusion-best.pt is a feature-fusion checkpoint; set `fusion: true`"):
+        build_clap_encoder(EncoderConfig(name="HTSAT-tiny", pretrained="630k-fusion-best.pt"), CPU)
+    with pytest.raises(EncoderError, match="630k-best.pt is not a feature-fusion checkpoint; set `fusion: false`"):
+        build_clap_encoder(EncoderConfig(name="HTSAT-tiny", pretrained="630k-best.pt", fusion=True), CPU)
 
 
 def test_cuda_is_refused_without_a_gpu() -> None:
@@ -253,16 +264,37 @@ def test_cuda_is_refused_without_a_gpu() -> None:
         build_encoders(TINY, "cuda", features=["clip"])
 
 
-def test_open_clip_pretrained_tags_are_read_from_the_local_cache_only(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache
-    with pytest.raises(EncoderError, match="'timm/vit_base_patch32_clip_224.openai'.*not download"):
+def test_open_clip_pretrained_tags_offline_name_the_hub_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    source = "hf://timm/vit_base_patch32_clip_224.openai/{open_clip_model.safetensors,open_clip_pytorch_model.bin}"
+    with pytest.raises(EncoderError, match=re.escape(f"CLIP 'ViT-B-32': weights file {source} is not in the cache")):
         build_clip_encoder(EncoderConfig(name="ViT-B-32", pretrained="openai"), CPU)
     with pytest.raises(EncoderError, match="unknown pretrained tag 'nonesuch'.*openai"):
         build_clip_encoder(EncoderConfig(name="ViT-B-32", pretrained="nonesuch"), CPU)
+    with pytest.raises(EncoderError, match="'ViT-B-16-SigLIP'.*Hugging Face model .*which uwav does not fetch"):
+        build_clip_encoder(EncoderConfig(name="ViT-B-16-SigLIP", random_init=True), CPU)
+
+
+def test_a_clip_built_for_a_pretrained_tag_has_the_tags_activation_and_preprocessing() -> None:
+    """OpenAI trained with QuickGELU: open_clip's `create_model("RN50", pretrained="openai")` builds
+    the config's GELU and only warns; uwav's network for the tag uses QuickGELU by construction.
+    RN50 is the smallest open_clip model with an `openai` tag (102 M parameters), built random here."""
+    import open_clip
+    from open_clip.transformer import QuickGELU
+
+    assert open_clip.get_pretrained_cfg("RN50", "openai")["quick_gelu"] is True
+    assert "quick_gelu" not in open_clip.get_model_config("RN50")  # the config alone says GELU
+    openai = create_clip_network("RN50", "openai")
+    assert isinstance(openai.transformer.resblocks[0].mlp.gelu, QuickGELU)
+    preprocess = openai.visual.preprocess_cfg
+    tag = open_clip.get_pretrained_cfg("RN50", "openai")
+    assert (tuple(preprocess["mean"]), tuple(preprocess["std"])) == (tag["mean"], tag["std"])
+    assert (preprocess["interpolation"], preprocess["resize_mode"]) == ("bicubic", "shortest")
+    # a tag trained with GELU gets GELU, and the registry config alone keeps its own
+    laion = create_clip_network("ViT-B-32", "laion2b_s34b_b79k")
+    assert type(laion.transformer.resblocks[0].mlp.gelu) is torch.nn.GELU
+    assert type(create_clip_network("RN50").transformer.resblocks[0].mlp.gelu) is torch.nn.GELU
 
 
 # ---------------------------------------------------------------- ResNet-152 (the AVVP release's 2-D features)
@@ -305,10 +337,12 @@ def test_resnet_preprocessing_is_the_imagenet_normalisation() -> None:
         encoder.preprocess(frames[:, :4])
 
 
-def test_resnet152_pretrained_tag_reads_the_torch_hub_cache_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_resnet152_pretrained_tag_offline_names_the_torch_hub_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    expected = tmp_path / "hub" / "checkpoints" / "resnet152-394f9c45.pth"  # torchvision's IMAGENET1K_V1
-    with pytest.raises(EncoderError, match=f"image model 'resnet152' pretrained 'IMAGENET1K_V1': expected the weights file at {expected}"):
+    monkeypatch.setenv("UWAV_OFFLINE", "1")
+    cache = tmp_path / "hub" / "checkpoints"  # torchvision's IMAGENET1K_V1 is resnet152-394f9c45.pth there
+    message = f"image model 'resnet152': weights file https://download.pytorch.org/models/resnet152-394f9c45.pth is not in the cache {cache}"
+    with pytest.raises(EncoderError, match=re.escape(message)):
         build_image_encoder(EncoderConfig(name="resnet152", pretrained="IMAGENET1K_V1"), CPU)
     with pytest.raises(EncoderError, match="unknown pretrained tag 'IMAGENET9K'.*IMAGENET1K_V2"):
         build_image_encoder(EncoderConfig(name="resnet152", pretrained="IMAGENET9K"), CPU)
@@ -348,11 +382,11 @@ def test_clap_fusion_model_reads_laion_clap_mel_fusion_input() -> None:
     encoder = build_clap_encoder(config, CPU)
     assert encoder.fusion and re.fullmatch(r"clap/uwav-tiny-clap-fusion/random_init=seed0/config=[0-9a-f]{12}/fusion", encoder.identity)
     assert "audio_branch.patch_embed.mel_conv2d.weight" in encoder.model.state_dict()  # the fusion layers exist
-    waves = (0.3 * np.random.default_rng(4).standard_normal((2, 16000))).astype(np.float32)
+    waves = (0.3 * np.random.default_rng(4).standard_normal((2, 48000))).astype(np.float32)  # 1-s segments
     padded = encoder.preprocess(waves)
     mel_fusion = encoder.fusion_inputs(padded)
     cfg = encoder.model.audio_cfg
-    assert mel_fusion.shape == (2, 4, 16000 // cfg.hop_size + 1, 64)
+    assert padded.shape == (2, 480000) and mel_fusion.shape == (2, 4, 480000 // cfg.hop_size + 1, 64)
     # get_mel: torchaudio MelSpectrogram (HTK, no norm, centred, reflect, power 2) then AmplitudeToDB,
     # which librosa reproduces with these arguments (laion_clap's own comment says so)
     reference = librosa.feature.melspectrogram(
@@ -372,3 +406,51 @@ def test_clap_fusion_model_reads_laion_clap_mel_fusion_input() -> None:
         build_clap_encoder(EncoderConfig(name="uwav-tiny-clap", random_init=True, fusion=True), CPU)
     with pytest.raises(ValueError, match=r"`fusion` is a CLAP option; remove it from encoders.clip"):
         EncodersConfig(clip=EncoderConfig(name="uwav-tiny-clip", random_init=True, fusion=True))
+
+
+def test_clap_segment_embeddings_equal_laion_clap_get_audio_embedding_from_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1-s segments at 48 kHz through uwav's CLAP path (int16 round trip, repeat-padding to the
+    window, the fusion mel) give what laion_clap's own `CLAP_Module.get_audio_embedding_from_data`
+    gives (up to its L2 normalisation), on the tiny fusion model, whose window is the 480,000
+    samples that function pads to; a whole segment, a clipping one and a last partial one.
+
+    torchaudio, whose mel transforms laion_clap's `get_mel` calls, has no build for this torch:
+    librosa computes them instead, with the arguments that reproduce them (laion_clap's own
+    comment; `test_clap_fusion_model_reads_laion_clap_mel_fusion_input` checks uwav's mel against it)."""
+    import sys
+    from types import SimpleNamespace
+
+    import librosa
+
+    from uwav.features.clap_encoder import _clap_module, clap_model_config
+
+    def mel_spectrogram(*, sample_rate, n_fft, win_length, hop_length, center, pad_mode, power, norm, onesided, n_mels, f_min, f_max):
+        assert norm is None and onesided
+        return lambda audio: torch.from_numpy(librosa.feature.melspectrogram(
+            y=audio.numpy(), sr=sample_rate, n_fft=n_fft, hop_length=hop_length, win_length=win_length, center=center,
+            pad_mode=pad_mode, power=power, n_mels=n_mels, norm=None, htk=True, fmin=f_min, fmax=f_max,
+        ))
+
+    def amplitude_to_db(*, top_db):  # power to dB, amin 1e-10, reference 1
+        assert top_db is None
+        return lambda power: 10.0 * torch.log10(power.clamp(min=1e-10))
+
+    encoder = build_clap_encoder(EncoderConfig(name="uwav-tiny-clap-fusion", random_init=True, fusion=True), CPU)
+    _clap_module()  # laion_clap's hook imports this same `clap_module`
+    monkeypatch.setattr(sys, "argv", ["laion_clap"])  # its training code parses sys.argv on import
+    monkeypatch.setattr(sys, "path", list(sys.path))  # its package init appends its folder
+    import laion_clap
+
+    transforms = SimpleNamespace(MelSpectrogram=mel_spectrogram, AmplitudeToDB=amplitude_to_db)
+    monkeypatch.setattr(sys.modules["training.data"], "torchaudio", SimpleNamespace(transforms=transforms))
+    module = laion_clap.CLAP_Module.__new__(laion_clap.CLAP_Module)  # its __init__ would download RoBERTa
+    torch.nn.Module.__init__(module)
+    module.model, module.model_cfg = encoder.model, clap_model_config("uwav-tiny-clap-fusion")
+    rng = np.random.default_rng(5)
+    whole = [(0.3 * rng.standard_normal(48000)).astype(np.float32), (1.5 * rng.standard_normal(48000)).astype(np.float32)]
+    partial = (0.3 * rng.standard_normal(47000)).astype(np.float32)  # not a divisor of the window: zero tail
+    theirs = module.get_audio_embedding_from_data([*whole, partial])
+    ours = np.concatenate([encoder.encode_audio(np.stack(whole)), encoder.encode_audio(partial[None])])
+    ours /= np.linalg.norm(ours, axis=-1, keepdims=True)
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+    assert not np.allclose(theirs[0], theirs[1], atol=1e-2)  # different segments, different embeddings

@@ -116,13 +116,23 @@ class StoresConfig(_Strict):
     runs: str = "runs"
 
 
+# open_clip's prefix of a model named by its Hugging Face repository (`hf-hub:ORG/REPO`), which
+# holds the model's config and its weights.
+HF_HUB_MODEL_PREFIX = "hf-hub:"
+
+
 class EncoderConfig(_Strict):
     """An encoder: a named model config plus where its weights come from.
 
-    Exactly one of `pretrained` (an open_clip or torchvision weights tag), `checkpoint` (a local
-    file) or `random_init: true` (tiny offline configurations for tests and the demo).
-    `fusion` (CLAP only): build laion_clap's feature-fusion model (`enable_fusion`, the
-    `630k-fusion-best.pt` checkpoint VALOR and UWAV used).
+    Exactly one of `pretrained`, `checkpoint` (a local file) or `random_init: true` (tiny offline
+    configurations for tests and the demo). `pretrained` names published weights, downloaded on
+    first use into the standard caches (`uwav.features.weights`): an open_clip tag (`openai`), a
+    laion_clap checkpoint (`630k-fusion-best.pt`, `630k-audioset-fusion-best.pt`, `630k-best.pt`,
+    `630k-audioset-best.pt`), a torchvision weights tag (`KINETICS400_V1`, `IMAGENET1K_V1`) or
+    VGGish's (`torchvggish-v0.1`). A CLIP named `hf-hub:ORG/REPO` brings its weights from that
+    repository, as in open_clip: it takes no `pretrained`, and `checkpoint` or `random_init`
+    replace its weights. `fusion` (CLAP only): build laion_clap's feature-fusion model
+    (`enable_fusion`), which the fusion checkpoints (VALOR's and UWAV's `630k-fusion-best.pt`) need.
     """
 
     name: str
@@ -132,31 +142,64 @@ class EncoderConfig(_Strict):
     precision: Precision = "fp32"
     fusion: bool = False
 
+    @property
+    def hub_model(self) -> bool:
+        """Named by its Hugging Face repository (`hf-hub:ORG/REPO`)."""
+        return self.name.startswith(HF_HUB_MODEL_PREFIX)
+
+    @property
+    def downloads_weights(self) -> bool:
+        """Whether the weights are published ones (a `pretrained` tag or an `hf-hub:` model's own)."""
+        return self.checkpoint is None and not self.random_init
+
     @model_validator(mode="after")
     def _one_weight_source(self) -> EncoderConfig:
-        sources = [self.pretrained is not None, self.checkpoint is not None, self.random_init]
-        if sum(sources) != 1:
+        sources = sum([self.pretrained is not None, self.checkpoint is not None, self.random_init])
+        if self.hub_model and self.pretrained is not None:
+            raise ValueError(
+                f"encoder {self.name!r}: an `hf-hub:` model brings its own weights; remove `pretrained` "
+                "(`checkpoint` or `random_init: true` replace them)"
+            )
+        if sources > 1 or (sources == 0 and not self.hub_model):
             raise ValueError(
                 f"encoder {self.name!r}: give exactly one of `pretrained`, `checkpoint`, `random_init: true`"
             )
         return self
 
 
+# The `EncodersConfig` fields that are encoders (the others are settings of all of them).
+ENCODER_FIELDS: tuple[str, ...] = ("clip", "clap", "r2plus1d", "vggish", "resnet152")
+
+
 class EncodersConfig(_Strict):
     """The segment encoders. `vggish` and `resnet152` (the AVVP release's audio and 2-D features,
-    for `stages.train.han.inputs: official`) are built only where a stage computes their features."""
+    for `stages.train.han.inputs: official`) are built only where a stage computes their features.
+    The defaults are the releases' encoders (CLIP ViT-L/14 `openai`, CLAP HTSAT-tiny
+    `630k-fusion-best.pt` with fusion, R(2+1)D-18 `KINETICS400_V1`).
+
+    `weights_mirror`: a URL (`https://...`, `file:///...`) serving the URL-downloaded weights
+    (torchvision's, VGGish's) under their upstream file names, used instead of their upstream;
+    the environment's `UWAV_WEIGHTS_MIRROR` wins. Hub files follow `HF_ENDPOINT`. Each file's hash
+    is checked whatever serves it, so the mirror is not part of any fingerprint (excluded from dumps).
+    """
 
     clip: EncoderConfig = EncoderConfig(name="ViT-L-14", pretrained="openai")
-    clap: EncoderConfig = EncoderConfig(name="HTSAT-tiny", checkpoint="checkpoints/630k-audioset-best.pt")
+    clap: EncoderConfig = EncoderConfig(name="HTSAT-tiny", pretrained="630k-fusion-best.pt", fusion=True)
     r2plus1d: EncoderConfig = EncoderConfig(name="r2plus1d_18", pretrained="KINETICS400_V1")
     vggish: EncoderConfig = EncoderConfig(name="vggish", checkpoint="checkpoints/vggish.pth")
     resnet152: EncoderConfig = EncoderConfig(name="resnet152", checkpoint="checkpoints/resnet152.pth")
+    weights_mirror: str | None = Field(None, exclude=True)
 
     @model_validator(mode="after")
-    def _fusion_is_clap_only(self) -> EncodersConfig:
-        fused = [key for key in type(self).model_fields if key != "clap" and getattr(self, key).fusion]
+    def _clap_and_clip_options(self) -> EncodersConfig:
+        fused = [key for key in ENCODER_FIELDS if key != "clap" and getattr(self, key).fusion]
         if fused:
             raise ValueError(f"`fusion` is a CLAP option; remove it from encoders.{', encoders.'.join(fused)}")
+        hub_models = [key for key in ENCODER_FIELDS if key != "clip" and getattr(self, key).hub_model]
+        if hub_models:
+            raise ValueError(
+                f"`{HF_HUB_MODEL_PREFIX}` models are open_clip's (CLIP only): encoders.{', encoders.'.join(hub_models)}"
+            )
         return self
 
 

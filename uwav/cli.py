@@ -8,15 +8,18 @@ any command prints as one `error: ...` line on stderr with exit status 2, like a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import TYPE_CHECKING, Annotated, Any, get_args
 
 import click
 import typer
 from typer.core import TyperGroup
 
-from uwav.catalog import Task, check_catalog, effective_settings, load_catalog
+from uwav.catalog import Catalog, Task, check_catalog, effective_settings, load_catalog
 from uwav.demo import DEFAULT_ADDED_VIDEOS
 from uwav.errors import InvalidInputError, UwavError
+
+if TYPE_CHECKING:
+    from uwav.releases import Fetched
 
 USER_ERROR_EXIT = 2
 
@@ -42,6 +45,10 @@ class _UwavGroup(TyperGroup):
 app = typer.Typer(cls=_UwavGroup, no_args_is_help=True)
 catalog_app = typer.Typer(help="Inspect the data catalog.", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
+weights_app = typer.Typer(help="Encoder weights in the standard caches (HF_HOME, TORCH_HOME).", no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+release_app = typer.Typer(help="Public feature releases from the Hugging Face Hub.", no_args_is_help=True)
+app.add_typer(release_app, name="release")
 
 CatalogOption = Annotated[Path, typer.Option("--catalog", "-c", help="Path of data_catalog.yaml.")]
 DEFAULT_CATALOG = Path("data_catalog.yaml")
@@ -70,9 +77,10 @@ def _main(
 
 @catalog_app.command("check")
 def catalog_check(catalog: CatalogOption = DEFAULT_CATALOG) -> None:
-    """Print every location the catalog names, resolved, and whether it exists, then the effective
-    stage settings and where each comes from (the catalog, its recipe, or the default). Exit 1 if
-    a location is missing."""
+    """Print every location the catalog names, resolved, and whether it exists, each published
+    weights file its encoders need and whether it is in the cache, then the effective stage
+    settings and where each comes from (the catalog, its recipe, or the default). Exit 1 if a
+    location is missing, or a weights file is and downloads are off."""
     loaded = load_catalog(catalog)
     typer.echo(f"catalog {catalog.resolve()}: target={loaded.target} pretrain={loaded.pretrain} recipe={loaded.recipe}")
     missing = 0
@@ -81,6 +89,7 @@ def catalog_check(catalog: CatalogOption = DEFAULT_CATALOG) -> None:
         status = "ok" if exists else ("will be created" if produced else "missing")
         missing += not exists and not produced
         typer.echo(f"  {status:>15}  {key} = {location}")
+    missing += _check_weights(loaded)
     typer.echo("effective settings (source: catalog = set in the file, recipe = filled in by it, default):")
     rows = effective_settings(loaded)
     width = max(len(key) for key, _, _ in rows)
@@ -88,6 +97,74 @@ def catalog_check(catalog: CatalogOption = DEFAULT_CATALOG) -> None:
         shown = list(value) if isinstance(value, tuple) else value
         typer.echo(f"  {key.ljust(width)}  {shown!s:<24} {source}")
     raise typer.Exit(1 if missing else 0)
+
+
+def _check_weights(loaded: Catalog) -> int:
+    """Print each published weights file the catalog's encoders need: in the cache, or not (then
+    downloaded on first use, or missing when downloads are off). Returns how many are missing."""
+    from uwav.features.encoders import encoder_weight_files
+    from uwav.features.weights import HubFile
+    from uwav.hub import offline_reason
+
+    missing = 0
+    for key, files in encoder_weight_files(loaded.encoders, loaded.used_encoders()).items():
+        for file in files:
+            path = file.cached()
+            offline = offline_reason(hub=isinstance(file, HubFile))
+            status = "ok" if path else ("missing" if offline else "will download")
+            missing += path is None and offline is not None
+            typer.echo(f"  {status:>15}  encoders.{key} weights {file.source} = {path or file.cache_folder()}")
+    return missing
+
+
+def _size(n_bytes: int) -> str:
+    size = float(n_bytes)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+@weights_app.command("fetch")
+def weights_fetch(catalog: CatalogOption = DEFAULT_CATALOG) -> None:
+    """Download every published weights file the catalog's encoders need (the encoders `uwav run`
+    and `uwav parse` build) into the standard caches, and print each: source, size, cache path.
+    For a machine without network: run it where there is one and copy the caches there."""
+    from uwav.features.encoders import encoder_weight_files
+    from uwav.features.weights import fetch_weights, weights_mirror
+
+    loaded = load_catalog(catalog)
+    mirror = weights_mirror(loaded.encoders.weights_mirror)
+    listed = encoder_weight_files(loaded.encoders, loaded.used_encoders())
+    for key, files in listed.items():
+        what = f"encoders.{key} {getattr(loaded.encoders, key).name!r}"
+        for weights in fetch_weights(files, what=what, mirror=mirror):
+            typer.echo(f"encoders.{key}  {weights.file.source}  {_size(weights.size)}  {weights.path}")
+    if not any(listed.values()):
+        typer.echo("the catalog's encoders use no published weights (local checkpoints or random init)")
+
+
+@release_app.command("fetch")
+def release_fetch(
+    name: Annotated[
+        str, typer.Argument(help="The release: uwav (UWAV's CLIP/CLAP features) or valor (VALOR's, and its trained models).")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder to unpack into: `stages.features.released_root`.")],
+) -> None:
+    """Download a public feature release from the Hugging Face Hub and unpack it into the layout
+    `stages.features.source: released` reads; resumable, each archive checked and unpacked
+    atomically, nothing asked for again once there. Says where the rest of the layout comes from."""
+    from uwav.releases import elsewhere, fetch_release
+
+    def report(done: Fetched) -> None:
+        typer.echo(f"{done.file.source}  {_size(done.size)}  -> {done.target}  ({done.state}, {done.files} files)")
+
+    fetch_release(name, out, report)
+    typer.echo("not on the hub, to fetch by hand:")
+    for line in elsewhere(name, out):
+        typer.echo(f"  {line}")
+    typer.echo(f"catalog: stages.features: {{source: released, released_root: {out.resolve()}}}")
 
 
 def _stage_list(value: str | None) -> list[str] | None:

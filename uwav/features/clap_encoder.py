@@ -1,17 +1,24 @@
 """CLAP (laion_clap) on 1-s audio segments and class prompts, built through laion_clap's own
-factory (never `CLAP_Module`, which fetches RoBERTa from the hub), with its mel front end
-reproduced in torch.
+factory, with its mel front end reproduced in torch.
+
+Never through `CLAP_Module`, and never letting laion_clap fetch RoBERTa: its model code builds the
+text branch with `RobertaModel.from_pretrained('roberta-base')`, ~500 MB of weights that every CLAP
+checkpoint overwrites. uwav fetches RoBERTa's config and tokenizer files (`ROBERTA_FILES`) and
+builds the branch from the config alone (`_text_branch_from_config`). laion_clap's released
+checkpoints download by name from its hub repository (`CLAP_CHECKPOINTS`, `pretrained:`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import cache
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -30,9 +37,22 @@ from uwav.features.encoder_base import (
     seeded_init,
     to_host,
 )
+from uwav.features.weights import HubFile, fetch_weights, weights_identity
 
-# Text branches of laion_clap that are Hugging Face models, and the hub ids laion_clap builds them from.
-_CLAP_HF_TEXT_MODELS = {"roberta": "roberta-base", "bert": "bert-base-uncased", "bart": "facebook/bart-base"}
+# laion_clap's released checkpoints (its `load_ckpt` model ids 0-3), in its Hugging Face
+# repository, by name: whether each is a feature-fusion model (VALOR and UWAV used 630k-fusion-best.pt).
+CLAP_CHECKPOINT_REPO = "lukewys/laion_clap"
+CLAP_CHECKPOINTS: dict[str, bool] = {
+    "630k-best.pt": False,
+    "630k-audioset-best.pt": False,
+    "630k-fusion-best.pt": True,
+    "630k-audioset-fusion-best.pt": True,
+}
+# The RoBERTa text branch (laion_clap's 'roberta', that of every released checkpoint): the config
+# it is built from and the tokenizer's files; the weights come with the CLAP checkpoint.
+ROBERTA_REPO = "FacebookAI/roberta-base"
+ROBERTA_FILES = ("config.json", "vocab.json", "merges.txt")
+_TEXT_MODEL_TYPES = ("roberta", "transformer")  # laion_clap's RoBERTa, or its own transformer (our tiny configs)
 _CLAP_CONTEXT_LENGTH = 77
 # Buffers that older transformers versions saved and newer ones no longer register (non-persistent):
 # CLAP checkpoints trained with them still carry the key, which is harmless to drop.
@@ -76,29 +96,87 @@ def _clap_module() -> ModuleType:
     return module
 
 
-def _require_hf_text_model(repo_id: str, model_name: str) -> Any:
-    """The tokenizer of a CLAP text branch that laion_clap builds from the Hugging Face hub, from the local cache."""
-    from huggingface_hub import try_to_load_from_cache
-    from transformers import AutoTokenizer
-
-    has_config = isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
-    has_weights = any(
-        isinstance(try_to_load_from_cache(repo_id, name), str) for name in ("model.safetensors", "pytorch_model.bin")
-    )
-    problem = None if has_config and has_weights else "config.json and model weights not both cached"
-    tokenizer = None
-    if problem is None:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(repo_id, local_files_only=True)
-        except OSError as exc:
-            problem = f"tokenizer not cached ({exc})"
-    if tokenizer is None:
-        raise EncoderError(
-            f"CLAP {model_name!r}: its text branch is the Hugging Face model {repo_id!r}, which laion_clap "
-            f"builds from the hub; it must be in the local Hugging Face cache (HF_HOME), but: {problem}. "
-            f"Copy a cache holding {repo_id} (config, weights, tokenizer) and set HF_HOME (and HF_HUB_OFFLINE=1)."
+def clap_model_config(name: str) -> dict[str, Any]:
+    """The model config `name` as laion_clap registers it (ours in `model_configs/`, then laion_clap's
+    own), read from its JSON file without importing laion_clap."""
+    shipped = configs.shipped_model_config(name)
+    if shipped is not None:
+        return shipped
+    spec = importlib.util.find_spec("laion_clap")  # locates the package without executing it
+    if spec is None or not spec.submodule_search_locations:
+        raise EncoderError("CLAP needs the `laion_clap` package (pip install laion-clap)")
+    library_configs = Path(spec.submodule_search_locations[0]) / "clap_module" / "model_configs"
+    path = library_configs / f"{name}.json"
+    if not path.is_file():
+        known = sorted(
+            file.stem
+            for folder in (configs.MODEL_CONFIG_DIR, library_configs)
+            for file in folder.glob("*.json")
+            if "audio_cfg" in json.loads(file.read_text())
         )
-    return tokenizer
+        raise EncoderError(
+            f"CLAP model config {name!r} not found in laion_clap's registry (nor in {configs.MODEL_CONFIG_DIR}); "
+            f"known: {', '.join(known)}"
+        )
+    return json.loads(path.read_text())
+
+
+def _text_model_type(name: str, model_cfg: dict[str, Any]) -> str:
+    """laion_clap takes the text branch as an argument; our configs name it in text_cfg.model_type,
+    laion_clap's own (those of the released checkpoints) use RoBERTa."""
+    text_model_type = model_cfg["text_cfg"].get("model_type", "roberta")
+    if text_model_type not in _TEXT_MODEL_TYPES:
+        raise EncoderError(
+            f"CLAP {name!r}: text branch {text_model_type!r} is not supported "
+            f"(uwav builds {' and '.join(_TEXT_MODEL_TYPES)})"
+        )
+    return text_model_type
+
+
+def _checkpoint_name(config: EncoderConfig) -> str:
+    """A released checkpoint's name, refused unless known and matching the config's `fusion`."""
+    name = str(config.pretrained)
+    if name not in CLAP_CHECKPOINTS:
+        raise EncoderError(
+            f"CLAP {config.name!r}: unknown pretrained checkpoint {name!r} "
+            f"(laion_clap's: {', '.join(CLAP_CHECKPOINTS)}); or give a local `checkpoint:` file"
+        )
+    if CLAP_CHECKPOINTS[name] != config.fusion:
+        raise EncoderError(
+            f"CLAP {config.name!r}: {name} is {'a' if CLAP_CHECKPOINTS[name] else 'not a'} feature-fusion checkpoint; "
+            f"set `fusion: {str(CLAP_CHECKPOINTS[name]).lower()}`"
+        )
+    return name
+
+
+def clap_weight_files(config: EncoderConfig) -> list[HubFile]:
+    """The hub files a CLAP is built from: RoBERTa's config and tokenizer for that text branch,
+    and a released checkpoint named by `pretrained`."""
+    roberta = _text_model_type(config.name, clap_model_config(config.name)) == "roberta"
+    files = [HubFile(ROBERTA_REPO, (name,)) for name in ROBERTA_FILES] if roberta else []
+    if config.pretrained is not None:
+        files.append(HubFile(CLAP_CHECKPOINT_REPO, (_checkpoint_name(config),)))
+    return files
+
+
+@contextlib.contextmanager
+def _text_branch_from_config(clap_module: ModuleType, roberta_config: Path | None) -> Iterator[None]:
+    """While laion_clap builds a model: its `RobertaModel.from_pretrained('roberta-base')` builds
+    the (random) network from `roberta_config` instead of downloading the pretrained weights."""
+    if roberta_config is None:
+        yield
+        return
+    from transformers import RobertaConfig, RobertaModel
+
+    model_module = clap_module.model
+    original = model_module.RobertaModel
+    model_module.RobertaModel = SimpleNamespace(
+        from_pretrained=lambda *_, **__: RobertaModel(RobertaConfig.from_json_file(roberta_config))
+    )
+    try:
+        yield
+    finally:
+        model_module.RobertaModel = original
 
 
 def htk_mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int, sample_rate: int) -> torch.Tensor:
@@ -221,44 +299,43 @@ class ClapEncoder(TorchEncoder):
             return to_host(self.model.encode_text(tokens, device=self.device))
 
 
-def build_clap_encoder(config: EncoderConfig, device: torch.device, *, base_dir: Path | None = None) -> ClapEncoder:
-    """A laion_clap model by config name (laion_clap's or ours) built by its factory, with the configured weights."""
-    if config.pretrained is not None:
-        raise EncoderError(
-            f"CLAP {config.name!r}: weights come from a local checkpoint file (e.g. 630k-audioset-best.pt) "
-            f"or random_init; pretrained tag {config.pretrained!r} is not supported"
-        )
-    clap_module = _clap_module()
-    model_cfg = clap_module.factory._MODEL_CONFIGS.get(config.name)
-    if model_cfg is None:
-        raise EncoderError(
-            f"CLAP model config {config.name!r} not found in laion_clap's registry (nor in {configs.MODEL_CONFIG_DIR}); "
-            f"known: {', '.join(clap_module.factory.list_models())}"
-        )
-    # laion_clap takes the text branch as an argument; our configs name it in text_cfg.model_type,
-    # laion_clap's own (the released checkpoints) use RoBERTa.
-    text_model_type = model_cfg["text_cfg"].get("model_type", "roberta")
-    hf_tokenizer = None
-    if text_model_type in _CLAP_HF_TEXT_MODELS:
-        hf_tokenizer = _require_hf_text_model(_CLAP_HF_TEXT_MODELS[text_model_type], config.name)
-    elif text_model_type != "transformer":
-        raise EncoderError(f"CLAP {config.name!r}: unknown text branch {text_model_type!r}")
+def build_clap_encoder(
+    config: EncoderConfig, device: torch.device, *, base_dir: Path | None = None, mirror: str | None = None
+) -> ClapEncoder:
+    """A laion_clap model by config name (laion_clap's or ours) built by its factory, with the
+    configured weights: a released checkpoint by name (downloaded on first use), a local file, or
+    random. A RoBERTa text branch is built from RoBERTa's config, fetched with its tokenizer."""
+    model_cfg = clap_model_config(config.name)
+    text_model_type = _text_model_type(config.name, model_cfg)
     if config.fusion and model_cfg["audio_cfg"].get("model_type") != "HTSAT":
         raise EncoderError(
             f"CLAP {config.name!r}: `fusion` needs an HTSAT audio branch (laion_clap's PANN fusion models "
             "pick random chunks even in evaluation); the fusion checkpoints are HTSAT-tiny"
         )
-    identity = encoder_identity("clap", config, base_dir, model_cfg)
-    with seeded_init():
+    downloaded = fetch_weights(clap_weight_files(config), what=f"CLAP {config.name!r}", mirror=mirror)
+    fetched = {weights.path.name: weights for weights in downloaded}
+    hf_tokenizer = None
+    if text_model_type == "roberta":
+        from transformers import RobertaTokenizer
+
+        vocab, merges = fetched["vocab.json"].path, fetched["merges.txt"].path
+        # from the local folder: nothing is asked of the hub
+        hf_tokenizer = RobertaTokenizer.from_pretrained(str(vocab.parent), vocab_file=str(vocab), merges_file=str(merges))
+    released = fetched.get(str(config.pretrained))
+    identity = encoder_identity("clap", config, base_dir, model_cfg, weights_identity([released] if released else []))
+    clap_module = _clap_module()
+    roberta_config = fetched["config.json"].path if text_model_type == "roberta" else None
+    with seeded_init(), _text_branch_from_config(clap_module, roberta_config):
         model, _ = clap_module.factory.create_model(
             config.name, text_model_type, pretrained="", precision="fp32", device=torch.device("cpu"),
             enable_fusion=config.fusion, fusion_type=_CLAP_FUSION_TYPE if config.fusion else "None",
         )
-    if config.checkpoint is not None:
+    what = f"CLAP model {config.name!r} ({'fusion, ' if config.fusion else ''}text branch {text_model_type!r})"
+    # laion_clap's own checkpoints may need a full unpickle (the weights-only reader fails on them):
+    # allowed because uwav names their repository and file, and checked their download
+    weights_file = released.path if released else checkpoint_path(config, base_dir) if config.checkpoint else None
+    if weights_file is not None:
         load_checkpoint(
-            model,
-            checkpoint_path(config, base_dir),
-            what=f"CLAP model {config.name!r} ({'fusion, ' if config.fusion else ''}text branch {text_model_type!r})",
-            ignore_unexpected=_CLAP_OBSOLETE_KEYS,
+            model, weights_file, what=what, ignore_unexpected=_CLAP_OBSOLETE_KEYS, allow_pickle=released is not None
         )
     return ClapEncoder(model, text_model_type, hf_tokenizer, clap_module.tokenizer.tokenize, config, device, identity)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import pickle
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
@@ -38,11 +40,26 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint file (safetensors, or a weights-only torch pickle).
+def _numpy_globals() -> list[Any]:
+    """What pickled numpy arrays and scalars need from torch's weights-only reader: the reconstruction
+    functions under numpy 2's module name and numpy 1's (files saved before numpy 2 name
+    `numpy.core`), the array and dtype classes."""
+    multiarray = np._core.multiarray
+    functions = (multiarray._reconstruct, multiarray.scalar)
+    legacy = [(function, f"numpy.core.multiarray.{function.__name__}") for function in functions]
+    dtypes = {type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"}
+    return [multiarray._reconstruct, multiarray.scalar, *legacy, np.ndarray, np.dtype, *dtypes]
+
+
+def read_state_dict(path: str | Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file (safetensors, or a weights-only torch pickle, numpy arrays
+    and scalars allowed and arrays turned into tensors).
 
     Unwraps the usual containers (`{'state_dict': ...}`, `{'model': ...}`) and the `module.`
-    prefix that DataParallel / DDP training leaves on every key.
+    prefix that DataParallel / DDP training leaves on every key. `allow_pickle`: read the file as a
+    full pickle when the weights-only reader cannot (laion_clap's released checkpoints use pickle
+    opcodes it does not implement); only for files uwav fetched by name from their publisher's
+    repository and checked against the hub's content hash, never for a file a catalog names.
     """
     path = Path(path)
     if not path.is_file():
@@ -53,13 +70,20 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             content: Any = load_file(str(path))
         else:
-            content = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                with torch.serialization.safe_globals(_numpy_globals()), warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)  # the error says it
+                    content = torch.load(path, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError:
+                if not allow_pickle:
+                    raise
+                content = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # any reader failure means the same thing to the user: unusable file
         raise EncoderError(
             f"checkpoint file {path} cannot be read as safetensors or a weights-only torch checkpoint: "
-            f"{type(exc).__name__}: {exc}"
+            f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         ) from exc
-    while isinstance(content, dict) and not all(isinstance(v, torch.Tensor) for v in content.values()):
+    while isinstance(content, dict) and not all(isinstance(v, (torch.Tensor, np.ndarray)) for v in content.values()):
         wrapper = next((k for k in ("state_dict", "model", "model_state_dict") if isinstance(content.get(k), dict)), None)
         if wrapper is None:
             raise EncoderError(
@@ -68,6 +92,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         content = content[wrapper]
     if not isinstance(content, dict) or not content:
         raise EncoderError(f"checkpoint file {path}: expected a mapping of tensors, got {type(content).__name__}")
+    content = {key: torch.as_tensor(value) if isinstance(value, np.ndarray) else value for key, value in content.items()}
     if all(key.startswith("module.") for key in content):
         content = {key[len("module.") :]: value for key, value in content.items()}
     return content
@@ -79,14 +104,15 @@ def _key_list(keys: Sequence[str], limit: int = 8) -> str:
 
 
 def load_checkpoint(
-    model: nn.Module, path: str | Path, *, what: str, ignore_unexpected: Collection[str] = ()
+    model: nn.Module, path: str | Path, *, what: str, ignore_unexpected: Collection[str] = (), allow_pickle: bool = False
 ) -> None:
     """Load `path` into `model` strictly; on any mismatch raise naming the file and the keys.
 
     `what` names the model in messages; `ignore_unexpected` lists keys known to be harmless
-    leftovers in checkpoints of that model.
+    leftovers in checkpoints of that model; `allow_pickle` as for `read_state_dict`.
     """
-    load_state(model, read_state_dict(path), path, what=what, ignore_unexpected=ignore_unexpected)
+    state = read_state_dict(path, allow_pickle=allow_pickle)
+    load_state(model, state, path, what=what, ignore_unexpected=ignore_unexpected)
 
 
 def load_state(
@@ -121,25 +147,31 @@ def checkpoint_path(config: EncoderConfig, base_dir: Path | None) -> Path:
     return path if path.is_absolute() or base_dir is None else base_dir / path
 
 
-def encoder_identity(feature: str, config: EncoderConfig, base_dir: Path | None, model_cfg: dict[str, Any]) -> str:
-    """Names the weights: model config name + source (tag, checkpoint content hash, or random-init
-    seed and a digest of the config's content), plus `/fusion` for CLAP's fusion model and `/bf16`
-    for bfloat16 features, so that a store never mixes features of different models or precisions.
+def encoder_identity(
+    feature: str, config: EncoderConfig, base_dir: Path | None, model_cfg: dict[str, Any], weights: str = ""
+) -> str:
+    """Names the weights: model config name + source, plus `/fusion` for CLAP's fusion model and
+    `/bf16` for bfloat16 features, so that a store never mixes features of different models or
+    precisions. The source is the checkpoint's content hash, the random-init seed and a digest of
+    the config's content, or for downloaded weights the tag (`pretrained=openai`; `hub` for an
+    `hf-hub:` model's own) and `weights`, their files' identities
+    (`uwav.features.weights.weights_identity`: repository, file and content hash, or a URL file's
+    hash-carrying name), so that a changed upstream file is another encoder.
 
     Random-init weights need the content digest: an edited `model_configs/*.json` under the same
     name is another network whose features must not be served from the store. Loaded weights pin
     the architecture themselves (a checkpoint of another shape does not load), so their identities
     stay as they were and existing stores of real features remain valid."""
-    if config.pretrained is not None:
-        source = f"pretrained={config.pretrained}"
-    elif config.checkpoint is not None:
+    if config.checkpoint is not None:
         path = checkpoint_path(config, base_dir)
         if not path.is_file():
             raise EncoderError(f"{feature} encoder {config.name!r}: checkpoint file {path} does not exist")
         source = f"checkpoint=sha256:{file_digest(path)}"
-    else:
+    elif config.random_init:
         config_digest = hashlib.sha256(json.dumps(model_cfg, sort_keys=True).encode()).hexdigest()[:12]
         source = f"random_init=seed{RANDOM_INIT_SEED}/config={config_digest}"
+    else:
+        source = f"{'hub' if config.pretrained is None else f'pretrained={config.pretrained}'}@{weights}"
     variant = ("/fusion" if config.fusion else "") + ("/bf16" if config.precision == "bf16" else "")
     return f"{feature}/{config.name}/{source}{variant}"
 

@@ -3,18 +3,20 @@
 for the AVVP release's features (`stages.train.han.inputs: official`).
 
 Every model is built through its library's own factory from a named JSON model config: the
-libraries' shipped configs for real CLIP / CLAP models, ours in `model_configs/` (registered
-with open_clip and laion_clap on first use) for the torchvision and VGGish networks and for the
-tiny random-initialised models that tests and the demo run offline. Weights come from exactly
-one source (`uwav.catalog.EncoderConfig`): a pretrained tag, a local checkpoint file (read by
+libraries' shipped configs for real CLIP / CLAP models (or an `hf-hub:` repository's, for CLIP),
+ours in `model_configs/` (registered with open_clip and laion_clap on first use) for the
+torchvision and VGGish networks and for the tiny random-initialised models that tests and the
+demo run offline. Weights come from exactly one source (`uwav.catalog.EncoderConfig`): published
+weights (a pretrained tag, an `hf-hub:` model's own), a local checkpoint file (read by
 `load_checkpoint`, which names the file and the keys at fault when it does not match), or a
-deterministic random initialisation.
+deterministic random initialisation. A network built for published weights has the architecture
+they were trained with (`create_clip_network`: the tag's activation and preprocessing).
 
-Nothing here downloads: pretrained tags are read from the local caches where open_clip (the
-Hugging Face cache) and torchvision (the torch hub cache) keep them, and CLAP's RoBERTa text
-branch, which laion_clap builds from the Hugging Face hub, must be in the local Hugging Face
-cache (`HF_HOME`; set `HF_HUB_OFFLINE=1` on machines without network). A missing file raises
-`EncoderError` naming where it was expected.
+Published weights are downloaded on first use into the standard caches, each through its
+library's hub (`uwav.features.weights`: huggingface_hub for open_clip, laion_clap and RoBERTa,
+torch.hub for torchvision and VGGish); cached ones are used without contacting anything, and
+offline (`HF_HUB_OFFLINE=1`, `UWAV_OFFLINE=1`) a missing one raises an `EncoderError` naming the
+file, the cache and `uwav weights fetch`. `encoder_weight_files` lists them for that command.
 
 Embeddings are returned in float32 and are the *raw* joint-space projections (CLIP's
 `encode_image` / `encode_text`, CLAP's audio / text projections), not L2-normalised: the
@@ -30,6 +32,7 @@ torchvision networks in `uwav.features.frame_encoders`, what they share in
 
 from __future__ import annotations
 
+import json
 import posixpath
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields
@@ -43,10 +46,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uwav.catalog import EncoderConfig, EncodersConfig
+from uwav.catalog import HF_HUB_MODEL_PREFIX, EncoderConfig, EncodersConfig
 from uwav.devices import resolve_device
 from uwav.features import configs
-from uwav.features.clap_encoder import ClapEncoder, build_clap_encoder
+from uwav.features.clap_encoder import ClapEncoder, build_clap_encoder, clap_weight_files
 from uwav.features.encoder_base import (
     EncoderError,
     TorchEncoder,
@@ -60,8 +63,17 @@ from uwav.features.encoder_base import (
     to_host,
     uint8_tensor,
 )
-from uwav.features.frame_encoders import ImageEncoder, VideoEncoder, build_image_encoder, build_video_encoder, model_config
+from uwav.features.frame_encoders import (
+    ImageEncoder,
+    VideoEncoder,
+    build_image_encoder,
+    build_video_encoder,
+    image_weight_files,
+    model_config,
+    video_weight_files,
+)
 from uwav.features.vggish import VggishNet, canonical_state, has_pca, log_mel_examples
+from uwav.features.weights import HubFile, UrlFile, WeightFile, fetch_weights, weights_identity, weights_mirror
 
 # Store feature -> the `uwav.catalog.EncodersConfig` key (and `Encoders` field) of its encoder.
 ENCODER_KEYS: dict[str, str] = {
@@ -70,6 +82,14 @@ ENCODER_KEYS: dict[str, str] = {
 FEATURE_NAMES: tuple[str, ...] = tuple(ENCODER_KEYS)
 
 # ---------------------------------------------------------------- CLIP (open_clip)
+
+
+# The files of an `hf-hub:` open_clip model: its config, then its weights as safetensors or as a
+# torch pickle (open_clip's names, the first one the repository has).
+_HUB_CONFIG = "open_clip_config.json"
+_HUB_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+# The preprocessing a pretrained tag's config sets (open_clip's `PreprocessCfg` fields).
+_TAG_PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode", "fill_color")
 
 
 @cache
@@ -136,54 +156,112 @@ class ClipEncoder(TorchEncoder):
             return to_host(self.model.encode_text(tokens))
 
 
-def _require_cached_open_clip_weights(name: str, tag: str) -> None:
-    """Refuse a pretrained tag whose weights are not in the local cache, where open_clip would download them."""
-    from huggingface_hub import try_to_load_from_cache
-
+def _tag_config(name: str, tag: str) -> dict[str, Any]:
+    """open_clip's pretrained config of `tag` for model `name` (its weights' hub file, activation, preprocessing)."""
     open_clip = _open_clip()
-    source = open_clip.get_pretrained_cfg(name, tag)
-    if not source:
+    tag_cfg = open_clip.get_pretrained_cfg(name, tag)
+    if not tag_cfg:
         known = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
         raise EncoderError(f"CLIP {name!r}: unknown pretrained tag {tag!r} (open_clip knows: {known})")
-    if source.get("hf_hub"):
-        repo_id, filename = posixpath.split(source["hf_hub"])  # as open_clip splits it: 'org/model/[file]'
-        candidates = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-        if any(isinstance(try_to_load_from_cache(repo_id, candidate), str) for candidate in candidates):
-            return
-        where = f"Hugging Face repo {repo_id!r} ({' or '.join(candidates)}) in the local cache (HF_HOME)"
-    else:
-        cached = Path("~/.cache/clip").expanduser() / Path(source["url"]).name  # open_clip's URL cache
-        if cached.is_file():
-            return
-        where = str(cached)
-    raise EncoderError(
-        f"CLIP {name!r} pretrained {tag!r}: the weights are not cached locally (expected: {where}) and this "
-        "project does not download. Fetch them once on a connected machine (open_clip.create_model("
-        f"{name!r}, pretrained={tag!r})) and copy the cache, or set `checkpoint:` to a local weights file."
+    return tag_cfg
+
+
+def _weights_candidates(filename: str) -> tuple[str, ...]:
+    """open_clip's choice of file: the safetensors twin of a torch pickle first, if the repository has it."""
+    if filename == _HUB_WEIGHTS[1]:
+        return _HUB_WEIGHTS
+    stem, ext = posixpath.splitext(filename)
+    return (f"{stem}.safetensors", filename) if ext in (".bin", ".pth") else (filename,)
+
+
+def clip_weight_files(config: EncoderConfig) -> list[HubFile]:
+    """The hub files a CLIP is built from: an `hf-hub:` model's config (and weights, unless replaced),
+    a pretrained tag's weights; none for a registry config with local or random weights."""
+    if config.hub_model:
+        repo_id = config.name[len(HF_HUB_MODEL_PREFIX) :]
+        return [HubFile(repo_id, (_HUB_CONFIG,)), *([HubFile(repo_id, _HUB_WEIGHTS)] if config.downloads_weights else [])]
+    if config.pretrained is None:
+        return []
+    source = _tag_config(config.name, config.pretrained).get("hf_hub", "")
+    if not source:
+        raise EncoderError(
+            f"CLIP {config.name!r} pretrained {config.pretrained!r}: open_clip names no Hugging Face repository for it"
+        )
+    repo_id, filename = posixpath.split(source)  # as open_clip splits it: 'org/model/[file]'
+    return [HubFile(repo_id, _weights_candidates(filename or _HUB_WEIGHTS[1]))]
+
+
+def create_clip_network(name: str, tag: str | None = None, hub_folder: Path | None = None) -> nn.Module:
+    """open_clip's network, randomly initialised: the registry config `name` built as the weights of
+    pretrained tag `tag` were trained (the tag's `quick_gelu`, and its mean, std, interpolation and
+    resize mode as the model's preprocessing), or the `hf-hub:` model whose `open_clip_config.json`
+    (model and preprocessing) is in `hub_folder`.
+
+    open_clip's `create_model(name, pretrained=tag)` keeps the config's activation and only warns
+    when the tag's differs: OpenAI's QuickGELU weights in a GELU ViT-L-14 compute features that
+    match neither OpenAI's model nor the releases'. Here the tag decides, so they cannot differ."""
+    open_clip = _open_clip()
+    if hub_folder is not None:
+        return open_clip.create_model(f"local-dir:{hub_folder}", load_weights=False)
+    if tag is None:
+        return open_clip.create_model(name, pretrained=None)
+    tag_cfg = _tag_config(name, tag)
+    return open_clip.create_model(
+        name,
+        pretrained=None,
+        force_preprocess_cfg={key: tag_cfg[key] for key in _TAG_PREPROCESS_KEYS if key in tag_cfg},
+        quick_gelu=bool(tag_cfg.get("quick_gelu", False)),  # a model kwarg: overrides the config's
     )
 
 
-def build_clip_encoder(config: EncoderConfig, device: torch.device, *, base_dir: Path | None = None) -> ClipEncoder:
-    """An open_clip model by config name (open_clip's or ours) with the configured weights."""
+def _require_own_text_tower(name: str, model_cfg: dict[str, Any]) -> None:
+    """Refuse a CLIP whose text tower or tokenizer open_clip would fetch from another Hugging Face model."""
+    text_cfg = model_cfg.get("text_cfg", {})
+    foreign = text_cfg.get("hf_model_name") or text_cfg.get("hf_tokenizer_name")
+    if foreign or "siglip" in name.lower():
+        raise EncoderError(
+            f"CLIP {name!r}: its text tower or tokenizer comes from the Hugging Face model "
+            f"{foreign or 'of its SigLIP tokenizer'!r}, which uwav does not fetch; use a CLIP with open_clip's "
+            "own text tower and tokenizer (e.g. ViT-L-14 with pretrained: openai)"
+        )
+
+
+def build_clip_encoder(
+    config: EncoderConfig, device: torch.device, *, base_dir: Path | None = None, mirror: str | None = None
+) -> ClipEncoder:
+    """An open_clip model by config name (open_clip's, ours, or `hf-hub:ORG/REPO`) with the configured
+    weights; published ones are downloaded on first use (`uwav.features.weights`)."""
     open_clip = _open_clip()
-    if open_clip.get_model_config(config.name) is None:
+    if not config.hub_model and open_clip.get_model_config(config.name) is None:
         raise EncoderError(
             f"CLIP model config {config.name!r} not found in open_clip's registry "
             f"(nor in {configs.MODEL_CONFIG_DIR}); known: {', '.join(open_clip.list_models()[:12])}, ..."
         )
-    identity = encoder_identity("clip", config, base_dir, open_clip.get_model_config(config.name))
+    what = f"CLIP {config.name!r}"
+    fetched = fetch_weights(clip_weight_files(config), what=what, mirror=mirror)
+    hub_folder = fetched[0].path.parent if config.hub_model else None
+    if hub_folder is not None:
+        model_cfg = json.loads((hub_folder / _HUB_CONFIG).read_text()).get("model_cfg")
+        if not isinstance(model_cfg, dict):
+            raise EncoderError(f"{what}: {hub_folder / _HUB_CONFIG} has no `model_cfg`: not an open_clip model repository")
+    else:
+        model_cfg = open_clip.get_model_config(config.name)
+    _require_own_text_tower(config.name, model_cfg)
+    identity = encoder_identity("clip", config, base_dir, model_cfg, weights_identity(fetched))
     with seeded_init():
-        if config.pretrained is not None:
-            _require_cached_open_clip_weights(config.name, config.pretrained)
-            # open_clip applies the tag's settings (e.g. QuickGELU for 'openai') and loads the cached file
-            model = open_clip.create_model(config.name, pretrained=config.pretrained, require_pretrained=True)
-        else:
-            model = open_clip.create_model(config.name, pretrained=None)
+        model = create_clip_network(config.name, config.pretrained, hub_folder)
+    for weights in fetched:
+        if weights.path.name != _HUB_CONFIG:
+            try:  # open_clip's loader: it converts the older state-dict layouts its tags use
+                open_clip.load_checkpoint(model, str(weights.path), strict=True)
+            except Exception as error:
+                raise EncoderError(
+                    f"{what}: weights file {weights.path} ({weights.file.source}) does not load: {error}"
+                ) from error
     if config.checkpoint is not None:
         load_checkpoint(model, checkpoint_path(config, base_dir), what=f"CLIP model {config.name!r}")
-    tokenizer = open_clip.get_tokenizer(config.name)
-    dim = int(open_clip.get_model_config(config.name)["embed_dim"])
-    return ClipEncoder(model, tokenizer, config, device, identity, dim)
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{hub_folder}" if hub_folder is not None else config.name)
+    return ClipEncoder(model, tokenizer, config, device, identity, int(model_cfg["embed_dim"]))
 
 
 # ---------------------------------------------------------------- VGGish
@@ -217,26 +295,40 @@ class VggishEncoder(TorchEncoder):
         return self.encode_segments(waveforms)
 
 
-def build_vggish_encoder(config: EncoderConfig, device: torch.device, *, base_dir: Path | None = None) -> VggishEncoder:
+def vggish_weight_files(config: EncoderConfig) -> list[UrlFile]:
+    """A pretrained tag's files, from the model config's `pretrained` table: the weights and the
+    AudioSet PCA parameters (torchvggish's release names them so, each with its hash)."""
+    if config.pretrained is None:
+        return []
+    releases = (configs.shipped_model_config(config.name) or {}).get("pretrained", {})
+    if config.pretrained not in releases:
+        raise EncoderError(
+            f"VGGish {config.name!r}: pretrained tag {config.pretrained!r} is not supported "
+            f"(known: {', '.join(releases) or 'none'}); or give a local checkpoint file (torchvggish's state dict) "
+            "or random_init"
+        )
+    return [UrlFile(url) for url in releases[config.pretrained].values()]
+
+
+def build_vggish_encoder(
+    config: EncoderConfig, device: torch.device, *, base_dir: Path | None = None, mirror: str | None = None
+) -> VggishEncoder:
     """VGGish by config name (`model_configs/*.json`, `vggish_cfg`) with the configured weights.
 
     A checkpoint is a torchvggish-layout state dict (`features.*`, `embeddings.*`); with the PCA
-    parameters in it too (`uwav.features.vggish.PCA_KEYS`), the encoder post-processes.
+    parameters in it too (`uwav.features.vggish.PCA_KEYS`), the encoder post-processes. A
+    pretrained tag's two files (weights, PCA) are read as one such state dict.
     """
     cfg = model_config(config.name, "vggish_cfg", "VGGish model")
-    if config.pretrained is not None:
-        raise EncoderError(
-            f"VGGish {config.name!r}: weights come from a local checkpoint file (torchvggish's state dict, "
-            f"e.g. vggish.pth) or random_init; pretrained tag {config.pretrained!r} is not supported"
-        )
-    identity = encoder_identity("vggish", config, base_dir, cfg)
-    path = checkpoint_path(config, base_dir) if config.checkpoint is not None else None
-    state = canonical_state(read_state_dict(path)) if path is not None else {}
+    fetched = fetch_weights(vggish_weight_files(config), what=f"VGGish {config.name!r}", mirror=mirror)
+    identity = encoder_identity("vggish", config, base_dir, cfg, weights_identity(fetched))
+    paths = [checkpoint_path(config, base_dir)] if config.checkpoint is not None else [weights.path for weights in fetched]
+    state = canonical_state({key: value for path in paths for key, value in read_state_dict(path).items()})
     with seeded_init():
-        model = VggishNet(cfg, postprocess=has_pca(state))  # the file decides whether it post-processes
-    if path is not None:
+        model = VggishNet(cfg, postprocess=has_pca(state))  # the files decide whether it post-processes
+    if paths:
         what = f"VGGish model {config.name!r} ({'with' if model.pproc is not None else 'without'} the PCA post-processor)"
-        load_state(model, state, path, what=what)
+        load_state(model, state, " + ".join(map(str, paths)), what=what)
     return VggishEncoder(model, config, device, identity)
 
 
@@ -279,15 +371,33 @@ def build_encoders(
     base_dir: Path | None = None,
 ) -> Encoders:
     """Build the encoders of the store features named in `features` (`FEATURE_NAMES`) on `device`,
-    and no other (each needs its own weights); relative checkpoint paths resolve against `base_dir`."""
+    and no other (each needs its own weights); relative checkpoint paths resolve against `base_dir`.
+    Published weights missing from the caches are downloaded (`uwav.features.weights`), URL ones
+    from `encoders.weights_mirror` when set."""
     unknown = set(features) - set(FEATURE_NAMES)
     if unknown:
         raise EncoderError(f"unknown features {sorted(unknown)} (known: {', '.join(FEATURE_NAMES)})")
     target = resolve_device(device)
+    mirror = weights_mirror(config.weights_mirror)
     return Encoders(
         **{
-            ENCODER_KEYS[name]: _BUILDERS[name](getattr(config, ENCODER_KEYS[name]), target, base_dir=base_dir)
+            ENCODER_KEYS[name]: _BUILDERS[name](getattr(config, ENCODER_KEYS[name]), target, base_dir=base_dir, mirror=mirror)
             for name in FEATURE_NAMES
             if name in features
         }
     )
+
+
+_WEIGHT_FILES = {
+    "clip": clip_weight_files,
+    "clap": clap_weight_files,
+    "r2plus1d": video_weight_files,
+    "vggish": vggish_weight_files,
+    "resnet152": image_weight_files,
+}
+
+
+def encoder_weight_files(config: EncodersConfig, keys: Collection[str]) -> dict[str, list[WeightFile]]:
+    """By `encoders` key (of `keys`): the published weight files the encoder is built from, which
+    `build_encoders` downloads when they are not in the cache (`uwav weights fetch` ahead of time)."""
+    return {key: _WEIGHT_FILES[key](getattr(config, key)) for key in keys}

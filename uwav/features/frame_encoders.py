@@ -1,5 +1,6 @@
 """R(2+1)D and ResNet-152 (torchvision) on segment frames: the networks from `model_configs/*.json`
-(torchvision has no config registry of its own), weights from a checkpoint or the torch hub cache.
+(torchvision has no config registry of its own), weights from a checkpoint or a torchvision
+weights tag, whose file torch.hub downloads on first use with its hash check (`uwav.features.weights`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from uwav.features.encoder_base import (
     seeded_init,
     uint8_tensor,
 )
+from uwav.features.weights import UrlFile, fetch_weights, weights_identity
 
 def model_config(name: str, section: str, what: str) -> dict[str, Any]:
     """The `section` of `model_configs/<name>.json` (torchvision has no config registry of its own);
@@ -49,8 +51,8 @@ def build_image_resnet(cfg: dict[str, Any]) -> nn.Module:
     return ResNet(Bottleneck, list(cfg["layers"]), width_per_group=int(cfg["width_per_group"]))
 
 
-def _torch_hub_weights(name: str, cfg: dict[str, Any], tag: str, what: str) -> Path:
-    """The cached file of torchvision's pretrained weights `tag`, which torchvision would download."""
+def _torchvision_weights(name: str, cfg: dict[str, Any], tag: str, what: str) -> UrlFile:
+    """The file of torchvision's pretrained weights `tag` (a weights enum member, e.g. KINETICS400_V1)."""
     import torchvision.models
     import torchvision.models.video
 
@@ -64,13 +66,7 @@ def _torch_hub_weights(name: str, cfg: dict[str, Any], tag: str, what: str) -> P
         raise EncoderError(
             f"{what} {name!r}: unknown pretrained tag {tag!r} (known: {', '.join(w.name for w in weights_enum)})"
         ) from None
-    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-    if not path.is_file():
-        raise EncoderError(
-            f"{what} {name!r} pretrained {tag!r}: expected the weights file at {path} "
-            f"(torch hub cache; download {weights.url} there), not found"
-        )
-    return path
+    return UrlFile(weights.url)
 
 
 class _FramesEncoder(TorchEncoder):
@@ -153,26 +149,51 @@ class ImageEncoder(_FramesEncoder):
 _Frames = TypeVar("_Frames", VideoEncoder, ImageEncoder)
 
 
-def _build_frames_encoder(kind: type[_Frames], config: EncoderConfig, device: torch.device, base_dir: Path | None) -> _Frames:
+def _frames_weight_files(kind: type[_Frames], config: EncoderConfig) -> list[UrlFile]:
+    if config.pretrained is None:
+        return []
     cfg = model_config(config.name, kind.config_section, kind.what)
-    identity = encoder_identity(kind.feature, config, base_dir, cfg)
+    return [_torchvision_weights(config.name, cfg, config.pretrained, kind.what)]
+
+
+def video_weight_files(config: EncoderConfig) -> list[UrlFile]:
+    """The torchvision weights file of an R(2+1)D pretrained tag (none for local or random weights)."""
+    return _frames_weight_files(VideoEncoder, config)
+
+
+def image_weight_files(config: EncoderConfig) -> list[UrlFile]:
+    """The torchvision weights file of a ResNet pretrained tag (none for local or random weights)."""
+    return _frames_weight_files(ImageEncoder, config)
+
+
+def _build_frames_encoder(
+    kind: type[_Frames], config: EncoderConfig, device: torch.device, base_dir: Path | None, mirror: str | None
+) -> _Frames:
+    cfg = model_config(config.name, kind.config_section, kind.what)
+    what = f"{kind.what} {config.name!r}"
+    fetched = fetch_weights(_frames_weight_files(kind, config), what=what, mirror=mirror)
+    identity = encoder_identity(kind.feature, config, base_dir, cfg, weights_identity(fetched))
     with seeded_init():
         model = kind.build_network(cfg)
-    what = f"{kind.what} {config.name!r}"
-    if config.pretrained is not None:
-        load_checkpoint(model, _torch_hub_weights(config.name, cfg, config.pretrained, kind.what), what=what)
-    elif config.checkpoint is not None:
+    for weights in fetched:
+        load_checkpoint(model, weights.path, what=what)
+    if config.checkpoint is not None:
         load_checkpoint(model, checkpoint_path(config, base_dir), what=what)
     return kind(model, cfg, config, device, identity)
 
 
-def build_video_encoder(config: EncoderConfig, device: torch.device, *, base_dir: Path | None = None) -> VideoEncoder:
-    """torchvision's R(2+1)D by config name (`model_configs/*.json`, `video_cfg`) with the configured weights."""
-    return _build_frames_encoder(VideoEncoder, config, device, base_dir)
+def build_video_encoder(
+    config: EncoderConfig, device: torch.device, *, base_dir: Path | None = None, mirror: str | None = None
+) -> VideoEncoder:
+    """torchvision's R(2+1)D by config name (`model_configs/*.json`, `video_cfg`) with the configured
+    weights: a checkpoint, or a torchvision tag (KINETICS400_V1) downloaded on first use."""
+    return _build_frames_encoder(VideoEncoder, config, device, base_dir, mirror)
 
 
-def build_image_encoder(config: EncoderConfig, device: torch.device, *, base_dir: Path | None = None) -> ImageEncoder:
+def build_image_encoder(
+    config: EncoderConfig, device: torch.device, *, base_dir: Path | None = None, mirror: str | None = None
+) -> ImageEncoder:
     """torchvision's ResNet by config name (`model_configs/*.json`, `image_cfg`) with the configured
     weights: a torchvision `resnet152` state dict (`checkpoint:`), or a torchvision tag such as
-    IMAGENET1K_V1 (the weights the AVVP release's features came from) from the torch hub cache."""
-    return _build_frames_encoder(ImageEncoder, config, device, base_dir)
+    IMAGENET1K_V1 (the weights the AVVP release's features came from) downloaded on first use."""
+    return _build_frames_encoder(ImageEncoder, config, device, base_dir, mirror)
