@@ -180,7 +180,7 @@ def main() -> None:
     parser.add_argument("--model", help="model config name (default: the tiny offline config of --encoder)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--random-init", action="store_true", help="random weights (the default)")
-    source.add_argument("--pretrained", help="pretrained tag (must be in the local cache)")
+    source.add_argument("--pretrained", help="pretrained tag (downloaded into the standard caches on first use; `uwav weights fetch` fetches ahead)")
     source.add_argument("--checkpoint", help="local weights file")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16", help="bf16 autocast applies on CUDA only")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
