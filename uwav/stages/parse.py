@@ -1,7 +1,9 @@
 """`uwav parse`: the current model's per-segment audio / visual / audio-visual events of new
 videos (JSON, Parquet and a timeline PNG each). The model's input features
-(`stages.train.han.inputs`: CLAP + CLIP + R(2+1)D, or the official set VGGish + ResNet-152 +
-R(2+1)D) are computed in memory with the catalog's encoders; nothing is written to the feature store."""
+(`stages.train.han.inputs`: CLAP + CLIP + R(2+1)D, VALOR++'s CLAP maps + CLIP + R(2+1)D, or the
+official set VGGish + ResNet-152 + R(2+1)D) are computed in memory with the catalog's encoders and
+`stages.features.extraction` (a released VALOR++ parses a video as it was trained with
+`extraction: valor`); nothing is written to the feature store."""
 
 from __future__ import annotations
 
@@ -73,7 +75,9 @@ def parse_media(
     settings = catalog.stages.features
     store = FeatureStore(f"memory://uwav-parse-{uuid.uuid4().hex}", dtype="float32")
     inputs = HAN_INPUT_FEATURES[catalog.stages.train.han.inputs]
-    encoders = build_encoders(catalog.encoders, settings.device, features=inputs, base_dir=catalog.base_dir)
+    encoders = build_encoders(
+        catalog.encoders, settings.device, features=inputs, base_dir=catalog.base_dir, extraction=settings.extraction
+    )
     quarantine = QuarantineLog()
     extract_features(manifest, store, encoders, settings, quarantine, progress=progress)
     split, features = han_features(catalog, store, manifest)
