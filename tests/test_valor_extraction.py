@@ -299,3 +299,16 @@ def test_a_released_valor_plus_plus_parses_a_new_video_as_it_was_trained(tmp_pat
         output = model(torch.from_numpy(maps)[None], torch.from_numpy(clip)[None], torch.from_numpy(r2plus1d)[None])
     np.testing.assert_allclose(np.asarray(segment_prob)[0], output.segment_prob[0].numpy(), atol=1e-4)
     np.testing.assert_allclose(np.asarray(video_prob)[0], output.video_prob[0].numpy(), atol=1e-4)
+
+
+def test_parse_with_valor_plus_plus_refuses_the_papers_extraction(tmp_path: Path) -> None:
+    """The paper's CLIP features (centre frame, not normalised) are not what VALOR++ was trained on."""
+    from uwav.errors import InvalidInputError
+    from uwav.stages.parse import parse_media
+
+    path = valor_plus_plus_catalog(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    del data["stages"]["features"]["extraction"]
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(InvalidInputError, match="--kind valor\\+\\+: .*set stages.features.extraction: valor"):
+        parse_media(load_catalog(path), [tmp_path / "any.mp4"], tmp_path / "out", model_path=path, kind="valor++", progress=False)

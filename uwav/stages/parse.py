@@ -12,7 +12,7 @@ from pathlib import Path
 
 from uwav.catalog import Catalog
 from uwav.contracts import HAN_INPUT_FEATURES
-from uwav.errors import StageError
+from uwav.errors import InvalidInputError, StageError
 from uwav.parsing import ParseOutputs
 from uwav.stages.inputs import han_features
 from uwav.stages.promotion import current_checkpoint
@@ -54,6 +54,11 @@ def parse_media(
     from uwav.stages.evaluate import check_model_inputs, load_han_model
     from uwav.training.han_train import predict_han
 
+    if kind == "valor++" and catalog.stages.features.extraction != "valor":
+        raise InvalidInputError(
+            "--kind valor++: VALOR++ was trained on VALOR's CLIP features (L2-normalised, its own frames); "
+            "set stages.features.extraction: valor to parse new media with it"
+        )
     if model_path is None:
         model_path, kind = current_checkpoint(catalog), "checkpoint"
     model = load_han_model(model_path, kind, catalog.stages.train.device)
