@@ -50,17 +50,18 @@ def manifest(rows: list[tuple[str, str | None, int]]) -> pl.DataFrame:
     )
 
 
-def write_video(path: Path, seconds: int, *, audio: bool, seed: int) -> str:
-    """A small H.264 (+ AAC) file whose picture and tone change every second."""
+def write_video(path: Path, seconds: int, *, audio: bool, seed: int, size: tuple[int, int] = (64, 48)) -> str:
+    """A small H.264 (+ AAC) file (`size`: width, height) whose picture and tone change every second."""
     rng = np.random.default_rng(seed)
     fps, rate = 10, 48000
+    width, height = size
     with av.open(str(path), "w") as container:
         video = container.add_stream("libx264", rate=fps, options={"preset": "ultrafast"})
-        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         sound = container.add_stream("aac", rate=rate, layout="mono") if audio else None
         colours = rng.integers(0, 256, (seconds, 3))
         for index in range(seconds * fps):
-            image = np.zeros((48, 64, 3), np.uint8) + colours[index // fps].astype(np.uint8)
+            image = np.zeros((height, width, 3), np.uint8) + colours[index // fps].astype(np.uint8)
             image[:, (index % fps) * 6 : (index % fps) * 6 + 6] = 255  # motion within the second
             container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
         container.mux(video.encode(None))
@@ -141,6 +142,23 @@ def test_generated_videos_quarantine_missing_audio_and_resumability(encoders: En
     good_after, _ = store.read("clip", ["good"])
     np.testing.assert_array_equal(good_before, good_after)
     assert store.completed() == {"good", "silent", "late"}
+
+
+def test_videos_of_other_resolutions_share_a_batch(encoders: Encoders, tmp_path: Path) -> None:
+    """Centre frames keep each video's size (CLIP resizes them): videos of different resolutions in
+    one batch are encoded, each as it is alone (they used to fail concatenating the batch)."""
+    rows = [
+        ("small", write_video(tmp_path / "small.mp4", 2, audio=True, seed=8), 2),
+        ("wide", write_video(tmp_path / "wide.mp4", 2, audio=True, seed=9, size=(96, 40)), 2),
+    ]
+    store = FeatureStore(str(tmp_path / "features.zarr"), dtype="float32")
+    summary = extract_features(manifest(rows), store, encoders, SETTINGS, QuarantineLog(), progress=False)
+    assert sorted(summary.computed) == ["small", "wide"] and summary.quarantined == ()
+    stored, _ = store.read("clip", ["small", "wide"])
+    for index, (_, path, _) in enumerate(rows):
+        decoded = decode_segments(path, encoders.clap.sample_rate, max_side=SETTINGS.max_side)
+        np.testing.assert_allclose(stored[index], encoders.clip.encode_images(decoded.centre_frames), rtol=1e-4, atol=1e-5)
+    assert decode_segments(rows[1][1], audio=False, clip=False).centre_frames.shape[1:] == (40, 96, 3)
 
 
 def test_a_store_computed_by_another_encoder_is_refused(encoders: Encoders, tmp_path: Path) -> None:
@@ -241,7 +259,8 @@ def test_official_encoders_extract_vggish_resnet_and_r2plus1d(monkeypatch: pytes
     assert summary.missing_audio == ("quiet",)
     # only what these encoders read is decoded: no centre frames, no CLAP-rate audio
     assert {key: requested[0][key] for key in extract.DECODE_OPTIONS.values()} == {
-        "centre": False, "clip": True, "images": True, "audio": False, "audio_16k": True,
+        "centre": False, "clip": True, "images": True, "audio": False, "audio_16k": True, "valor_frames": False,
+        "audio_track": False,
     }
     assert store.available("vggish", ["loud", "quiet"]).tolist() == [True, False]
     assert store.available("resnet152_mean", ["loud", "quiet"]).tolist() == [True, True]

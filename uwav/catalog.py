@@ -34,6 +34,10 @@ Task = Literal["llp", "ave"]
 # (its HAN training, `scripts/train_valor.sh`; see RECIPE_SETTINGS and README "Paper vs released
 # code"). An explicit catalog setting always wins.
 Recipe = Literal["paper", "released", "valor"]
+# What the encoders compute from media: the paper's features (CLIP on each segment's centre frame,
+# prompts "A photo of <name>" / "This is the sound of <name>") or VALOR's scripts' (README
+# "Encoders and features": 8-fps frame sampling, squash resize, L2-normalised CLIP, VALOR's captions).
+Extraction = Literal["paper", "valor"]
 # AdamW's (beta1, beta2).
 Betas = tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]]
 # "per_step": warm-up and cosine move every optimisation step (uwav's choice, smoother);
@@ -240,9 +244,13 @@ class FeaturesSettings(_Strict):
     release's pre-extracted features (and encodes CLIP / CLAP from media), `released` imports
     everything from the public feature releases under `released_root` (UWAV / VALOR layout,
     `uwav.features.released`; no media needed), `synthetic` takes the synthetic feature-mode arrays.
+    `extraction` (what the encoders compute from media, for `encode`, `official` and `uwav parse`):
+    the paper's features or VALOR's (`Extraction`); with `valor` the class prompts are VALOR's
+    captions, so `prompts_visual` / `prompts_audio` are refused.
     """
 
     source: Literal["encode", "official", "released", "synthetic"] = "encode"
+    extraction: Extraction = "paper"
     official_root: str | None = None
     released_root: str | None = None
     # Store the AVVP release's 8 ResNet-152 frames per segment besides their mean (the HAN reads
@@ -255,6 +263,16 @@ class FeaturesSettings(_Strict):
     max_side: PositiveInt | None = 336  # caps decoded centre frames' longer side (CLIP resizes to 224 later); saves memory
     prompts_visual: str = "A photo of {}"
     prompts_audio: str = "This is the sound of {}"
+
+    @model_validator(mode="after")
+    def _valor_prompts_are_valors(self) -> FeaturesSettings:
+        templates = sorted({"prompts_visual", "prompts_audio"} & self.model_fields_set)
+        if self.extraction == "valor" and templates:
+            raise ValueError(
+                f"extraction: valor uses VALOR's class captions; remove {' and '.join(templates)} "
+                "(templates of the paper's extraction)"
+            )
+        return self
 
 
 class PretrainSettings(_Strict):

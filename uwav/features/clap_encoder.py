@@ -1,5 +1,6 @@
 """CLAP (laion_clap) on 1-s audio segments and class prompts, built through laion_clap's own
-factory, with its mel front end reproduced in torch.
+factory, with its mel front end reproduced in torch; and VALOR's CLAP feature maps of a whole clip
+(`ClapMapsEncoder`, store feature `clap_maps`).
 
 Never through `CLAP_Module`, and never letting laion_clap fetch RoBERTa: its model code builds the
 text branch with `RobertaModel.from_pretrained('roberta-base')`, ~500 MB of weights that every CLAP
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uwav.catalog import EncoderConfig
+from uwav.contracts import HTSAT_MAP_STEPS
 from uwav.features import configs
 from uwav.features.encoder_base import (
     EncoderError,
@@ -271,11 +273,17 @@ class ClapEncoder(TorchEncoder):
         mel = spectrum.abs().pow(2).transpose(1, 2) @ self.fusion_filterbank  # (B, frames, 64)
         return (10.0 * torch.log10(mel.clamp(min=1e-10)))[:, None].repeat(1, 4, 1, 1)
 
-    def embed(self, waveforms: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def audio_batch(self, waveforms: np.ndarray | torch.Tensor) -> Any:
+        """What the audio branch reads for float32 (B, n) waveforms: the preprocessed window, in
+        laion_clap's dict (with `mel_fusion` for the fusion model) where the branch takes one."""
         x = self.preprocess(waveforms)
         batch: Any = {"waveform": x, "longer": torch.zeros(len(x), 1, dtype=torch.bool, device=self.device)} if self.dict_input else x
         if self.fusion:
             batch["mel_fusion"] = self.fusion_inputs(x)
+        return batch
+
+    def embed(self, waveforms: np.ndarray | torch.Tensor) -> torch.Tensor:
+        batch = self.audio_batch(waveforms)
         with self._running():
             hidden = self.model.encode_audio(batch, device=self.device)["embedding"]
             return self.model.audio_projection(hidden)
@@ -339,3 +347,65 @@ def build_clap_encoder(
             model, weights_file, what=what, ignore_unexpected=_CLAP_OBSOLETE_KEYS, allow_pickle=released is not None
         )
     return ClapEncoder(model, text_model_type, hf_tokenizer, clap_module.tokenizer.tokenize, config, device, identity)
+
+
+class ClapMapsEncoder:
+    """VALOR's CLAP feature maps (`utils/clap_preprocess.py`, `get_audio_feature_maps`): per video, the
+    (64, width) token map of the fusion HTSAT over the whole clip, the store's per-clip `clap_maps`.
+
+    The clip is the video's whole audio track at the model's rate (`DecodedSegments.audio_track`,
+    read as VALOR's `librosa.load` reads it) index-resampled to exactly the model's window,
+    `track[round(linspace(0, len - 1, window))]` (480,000 samples: 10 s at 48 kHz), then prepared as
+    the segment embeddings are: the int16 round trip and the fusion mel four times (a window-long
+    clip is neither padded nor `longer`). The map is the tensor HTSAT's `forward_features` averages
+    into the clip embedding: the last stage's normed tokens regrouped as 2 frequency bands x 32 time
+    steps (token 32 f + t), flattened, transposed to (64, width); VALOR's `htsat_forward_features`
+    returns that same tensor as `feat_maps`. It is captured from laion_clap's own forward (the
+    first call of the branch's `avgpool`), so the computation is the library's.
+
+    For a video far from 10 s long this is still VALOR's rule: the track is squeezed or stretched
+    into the 10-s window by sample index (a 60-s video's audio plays 6 times faster, without
+    anti-aliasing), and VALOR++ was trained on 10-s clips only.
+    """
+
+    feature = "clap_maps"
+    segment_input = "audio_track"
+    per_clip = True
+
+    def __init__(self, clap: ClapEncoder) -> None:
+        audio_cfg = clap.model.audio_cfg
+        if audio_cfg.model_type != "HTSAT" or not clap.fusion:
+            raise EncoderError(
+                f"CLAP {clap.config.name!r}: the CLAP maps (stores feature clap_maps, VALOR++'s audio) come from the "
+                "feature-fusion HTSAT, as VALOR's 630k-fusion-best.pt; set encoders.clap to an HTSAT with `fusion: true`"
+            )
+        self.clap = clap
+        self.identity = f"{self.feature}/{clap.identity.split('/', 1)[1]}"  # the CLAP's weights, another feature
+        self.feature_shape: tuple[int, int] = (HTSAT_MAP_STEPS, int(clap.model.audio_branch.num_features))
+
+    def window(self, track: np.ndarray) -> np.ndarray:
+        """The whole track index-resampled to the model's window, as VALOR's script does (numpy's
+        rounding, half to even)."""
+        track = np.asarray(track, dtype=np.float32)
+        if track.ndim != 1 or track.size == 0:
+            raise ValueError(f"CLAP maps: expected a non-empty mono track, got shape {track.shape}")
+        return track[np.round(np.linspace(0, track.size - 1, self.clap.clip_samples)).astype(np.int64)]
+
+    def encode_clip(self, track: np.ndarray) -> np.ndarray:
+        """float32 (samples,) at the model's rate -> float32 (64, width)."""
+        branch = self.clap.model.audio_branch
+        captured: list[torch.Tensor] = []
+        hook = branch.avgpool.register_forward_pre_hook(lambda _, inputs: captured.append(inputs[0]) if not captured else None)
+        try:
+            batch = self.clap.audio_batch(self.window(track)[None])
+            with self.clap._running():
+                self.clap.model.encode_audio(batch, device=self.clap.device)
+        finally:
+            hook.remove()
+        maps = to_host(captured[0][0].transpose(0, 1))
+        if maps.shape != self.feature_shape:
+            raise EncoderError(
+                f"CLAP {self.clap.config.name!r}: its HTSAT gives token maps of shape {maps.shape}, not the "
+                f"{self.feature_shape} of VALOR's (a 256 x 256 spectrogram image through 4 stages)"
+            )
+        return maps

@@ -208,6 +208,7 @@ class TorchEncoder(ABC):
 
     feature: str
     segment_input: str  # the attribute of decoded segments this encoder reads
+    per_clip = False  # one feature row per segment; a per-clip encoder gives one array per video
 
     def __init__(self, model: nn.Module, config: EncoderConfig, device: torch.device, identity: str, dim: int):
         self.model = model.to(device).eval().requires_grad_(False)
@@ -215,6 +216,11 @@ class TorchEncoder(ABC):
         self.device = device
         self.identity = identity
         self.dim = dim
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        """The shape the feature store allocates: per segment (dim,)."""
+        return (self.dim,)
 
     @contextlib.contextmanager
     def _running(self) -> Iterator[None]:

@@ -25,6 +25,10 @@ is a cheap downstream choice whereas un-normalising is impossible. R(2+1)D and R
 their global-average-pool features (ResNet-152: the mean over the segment's 8 frames, the
 `resnet152_mean` the official import also writes); VGGish its AudioSet-post-processed embedding.
 
+`stages.features.extraction: valor` computes the CLIP features as VALOR's scripts did
+(`ValorClipEncoder`: L2-normalised, from other frames, preprocessed otherwise), and `clap_maps`
+is VALOR's per-clip CLAP map (`uwav.features.clap_encoder.ClapMapsEncoder`).
+
 This module holds CLIP, VGGish and `build_encoders`; CLAP is in `uwav.features.clap_encoder`, the
 torchvision networks in `uwav.features.frame_encoders`, what they share in
 `uwav.features.encoder_base`.
@@ -36,7 +40,7 @@ import json
 import posixpath
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -46,10 +50,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uwav.catalog import HF_HUB_MODEL_PREFIX, EncoderConfig, EncodersConfig
+from uwav.catalog import HF_HUB_MODEL_PREFIX, EncoderConfig, EncodersConfig, Extraction
 from uwav.devices import resolve_device
 from uwav.features import configs
-from uwav.features.clap_encoder import ClapEncoder, build_clap_encoder, clap_weight_files
+from uwav.features.clap_encoder import ClapEncoder, ClapMapsEncoder, build_clap_encoder, clap_weight_files
 from uwav.features.encoder_base import (
     EncoderError,
     TorchEncoder,
@@ -75,11 +79,13 @@ from uwav.features.frame_encoders import (
 from uwav.features.vggish import VggishNet, canonical_state, has_pca, log_mel_examples
 from uwav.features.weights import HubFile, UrlFile, WeightFile, fetch_weights, weights_identity, weights_mirror
 
-# Store feature -> the `uwav.catalog.EncodersConfig` key (and `Encoders` field) of its encoder.
+# Store feature -> the `uwav.catalog.EncodersConfig` key (and `Encoders` field) of its encoder;
+# `clap_maps` is computed by the `clap` encoder's model (`Encoders.clap_maps`).
 ENCODER_KEYS: dict[str, str] = {
     "clip": "clip", "clap": "clap", "r2plus1d": "r2plus1d", "vggish": "vggish", "resnet152_mean": "resnet152",
 }
-FEATURE_NAMES: tuple[str, ...] = tuple(ENCODER_KEYS)
+CLAP_MAPS = "clap_maps"
+FEATURE_NAMES: tuple[str, ...] = (*ENCODER_KEYS, CLAP_MAPS)
 
 # ---------------------------------------------------------------- CLIP (open_clip)
 
@@ -156,6 +162,31 @@ class ClipEncoder(TorchEncoder):
             return to_host(self.model.encode_text(tokens))
 
 
+class ValorClipEncoder(ClipEncoder):
+    """CLIP features as VALOR's `utils/clip_preprocess.py` computed them (`extraction: valor`): one
+    frame per segment chosen by VALOR's 8-fps sampling (`DecodedSegments.valor_frames`), converted
+    as its `ToTensor, Resize((224, 224)), Normalize(CLIP mean, std)` does with the torchvision 0.13 of
+    its environment (a float tensor in [0, 1] resized bilinearly without antialiasing, the aspect
+    not kept, nothing cropped; the model's input size, 224 for ViT-L/14), and the image embedding
+    L2-normalised as `get_image_embedding` saves it.
+
+    VALOR ran Hugging Face's `openai/clip-vit-large-patch14`; open_clip's `ViT-L-14` with
+    `pretrained: openai` holds the same weights (QuickGELU, which `create_clip_network` builds for
+    that tag) and the same mean and std, so the features agree up to float error."""
+
+    segment_input = "valor_frames"
+
+    def preprocess(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 (B, H, W, 3) -> normalised (B, 3, S, S)."""
+        x = uint8_tensor(frames, 4, "CLIP frames", self.device).permute(0, 3, 1, 2).float().div_(255)
+        x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False, antialias=False)
+        return (x - self.mean) / self.std
+
+    def embed(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        embeddings = super().embed(frames).float()
+        return embeddings / embeddings.norm(p=2, dim=-1, keepdim=True)
+
+
 def _tag_config(name: str, tag: str) -> dict[str, Any]:
     """open_clip's pretrained config of `tag` for model `name` (its weights' hub file, activation, preprocessing)."""
     open_clip = _open_clip()
@@ -227,10 +258,16 @@ def _require_own_text_tower(name: str, model_cfg: dict[str, Any]) -> None:
 
 
 def build_clip_encoder(
-    config: EncoderConfig, device: torch.device, *, base_dir: Path | None = None, mirror: str | None = None
+    config: EncoderConfig,
+    device: torch.device,
+    *,
+    base_dir: Path | None = None,
+    mirror: str | None = None,
+    extraction: Extraction = "paper",
 ) -> ClipEncoder:
     """An open_clip model by config name (open_clip's, ours, or `hf-hub:ORG/REPO`) with the configured
-    weights; published ones are downloaded on first use (`uwav.features.weights`)."""
+    weights; published ones are downloaded on first use (`uwav.features.weights`). `extraction:
+    valor` gives a `ValorClipEncoder`, whose identity ends in `/valor` (other values, another feature)."""
     open_clip = _open_clip()
     if not config.hub_model and open_clip.get_model_config(config.name) is None:
         raise EncoderError(
@@ -261,6 +298,8 @@ def build_clip_encoder(
     if config.checkpoint is not None:
         load_checkpoint(model, checkpoint_path(config, base_dir), what=f"CLIP model {config.name!r}")
     tokenizer = open_clip.get_tokenizer(f"local-dir:{hub_folder}" if hub_folder is not None else config.name)
+    if extraction == "valor":
+        return ValorClipEncoder(model, tokenizer, config, device, f"{identity}/valor", int(model_cfg["embed_dim"]))
     return ClipEncoder(model, tokenizer, config, device, identity, int(model_cfg["embed_dim"]))
 
 
@@ -336,6 +375,7 @@ def build_vggish_encoder(
 
 
 SegmentEncoder = ClipEncoder | ClapEncoder | VideoEncoder | VggishEncoder | ImageEncoder
+FeatureEncoder = SegmentEncoder | ClapMapsEncoder  # `per_clip` tells which kind of feature it gives
 _BUILDERS = {
     "clip": build_clip_encoder,
     "clap": build_clap_encoder,
@@ -354,13 +394,21 @@ class Encoders:
     r2plus1d: VideoEncoder | None = None
     vggish: VggishEncoder | None = None
     resnet152: ImageEncoder | None = None
+    clap_maps: ClapMapsEncoder | None = None
 
-    def active(self) -> list[SegmentEncoder]:
+    def active(self) -> list[FeatureEncoder]:
         return [encoder for field in fields(self) if (encoder := getattr(self, field.name)) is not None]
 
     def feature_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Per-segment shape of each computed feature, as the feature store allocates it."""
-        return {encoder.feature: (encoder.dim,) for encoder in self.active()}
+        """The shape of each computed feature as the feature store allocates it: per segment, or
+        for the per-clip features (`per_clip_features`) per video."""
+        return {encoder.feature: tuple(encoder.feature_shape) for encoder in self.active()}
+
+    def per_clip_features(self) -> list[str]:
+        return [encoder.feature for encoder in self.active() if encoder.per_clip]
+
+    def identities(self) -> dict[str, str]:
+        return {encoder.feature: encoder.identity for encoder in self.active()}
 
 
 def build_encoders(
@@ -369,9 +417,12 @@ def build_encoders(
     *,
     features: Collection[str],
     base_dir: Path | None = None,
+    extraction: Extraction = "paper",
 ) -> Encoders:
     """Build the encoders of the store features named in `features` (`FEATURE_NAMES`) on `device`,
     and no other (each needs its own weights); relative checkpoint paths resolve against `base_dir`.
+    `clap_maps` shares the `clap` model (built for it alone when `clap` is not asked for);
+    `extraction` selects the CLIP features' definition (`uwav.catalog.FeaturesSettings`).
     Published weights missing from the caches are downloaded (`uwav.features.weights`), URL ones
     from `encoders.weights_mirror` when set."""
     unknown = set(features) - set(FEATURE_NAMES)
@@ -379,13 +430,16 @@ def build_encoders(
         raise EncoderError(f"unknown features {sorted(unknown)} (known: {', '.join(FEATURE_NAMES)})")
     target = resolve_device(device)
     mirror = weights_mirror(config.weights_mirror)
-    return Encoders(
-        **{
-            ENCODER_KEYS[name]: _BUILDERS[name](getattr(config, ENCODER_KEYS[name]), target, base_dir=base_dir, mirror=mirror)
-            for name in FEATURE_NAMES
-            if name in features
-        }
-    )
+    builders = {**_BUILDERS, "clip": partial(build_clip_encoder, extraction=extraction)}
+    wanted = [name for name in ENCODER_KEYS if name in features or (name == "clap" and CLAP_MAPS in features)]
+    built = {
+        ENCODER_KEYS[name]: builders[name](getattr(config, ENCODER_KEYS[name]), target, base_dir=base_dir, mirror=mirror)
+        for name in wanted
+    }
+    maps = ClapMapsEncoder(built["clap"]) if CLAP_MAPS in features else None
+    if "clap" not in features:
+        built.pop("clap", None)
+    return Encoders(**built, clap_maps=maps)
 
 
 _WEIGHT_FILES = {

@@ -4,19 +4,21 @@
 of the manifest that the store does not hold complete for the active encoders, so a second run
 computes nothing and a manifest with new videos computes only those. Bad media is quarantined
 (the run goes on); a video without usable audio gets its visual features and its audio features
-(`clap`, `vggish`) recorded as missing. Videos are decoded into only the inputs the active
-encoders read (`DECODE_OPTIONS`).
+(`clap`, `vggish`, `clap_maps`) recorded as missing. Videos are decoded into only the inputs the
+active encoders read (`DECODE_OPTIONS`).
 
 Throughput: decoding (PyAV releases the GIL) runs in `settings.workers` threads, a bounded number
 of videos ahead of the encoder, while the calling thread encodes. Segments of consecutive videos
 are packed into batches of `settings.batch_size`, so short videos still fill the accelerator.
 One batch stays in flight on the device: it is copied back only after the next one has been
 launched, so the GPU computes while the host packs inputs and writes. A video is written as soon
-as its last segment is back.
+as its last segment is back. A per-clip feature (`clap_maps`) is computed when its video arrives,
+one forward per video.
 
 `compute_text_embeddings` encodes the class prompts of METHOD.md ("A photo of <EVENT NAME>" for
-CLIP, "This is the sound of <EVENT NAME>" for CLAP) and caches them in the store; they are
-recomputed only when the prompts or the encoder identity change.
+CLIP, "This is the sound of <EVENT NAME>" for CLAP), or with `extraction: valor` VALOR's
+(`valor_class_prompts`), and caches them in the store; they are recomputed only when the prompts
+or the encoder identity change.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ from tqdm import tqdm
 
 from uwav.catalog import FeaturesSettings
 from uwav.contracts import text_embedding_name
+from uwav.errors import InvalidInputError
 from uwav.features.encoder_base import to_host
-from uwav.features.encoders import Encoders, SegmentEncoder
+from uwav.features.encoders import Encoders, FeatureEncoder, SegmentEncoder
 from uwav.features.store import FeatureStore
 from uwav.media import DecodedSegments, QuarantineLog, decode_or_quarantine
 
@@ -45,6 +48,7 @@ QUARANTINE_STAGE = "features"
 # The `decode_segments` switch of each decoded input (an encoder's `segment_input`).
 DECODE_OPTIONS = {
     "centre_frames": "centre", "clip_frames": "clip", "image_frames": "images", "audio": "audio", "audio_16k": "audio_16k",
+    "valor_frames": "valor_frames", "audio_track": "audio_track",
 }
 _PREFETCH_PER_WORKER = 2  # decoded videos waiting per worker: keeps the encoder fed, bounds memory
 
@@ -79,7 +83,7 @@ class _VideoWork:
     next_segment: int = 0  # first segment not yet put in a batch
     encoded: int = 0  # segments whose features are all computed
 
-    def inputs(self, encoder: SegmentEncoder) -> np.ndarray | None:
+    def inputs(self, encoder: FeatureEncoder) -> np.ndarray | None:
         return getattr(self.decoded, encoder.segment_input)
 
 
@@ -123,11 +127,16 @@ class _LaunchedBatch:
 
 
 def _launch_batch(spans: list[Span], encoders: Sequence[SegmentEncoder]) -> _LaunchedBatch:
-    """Start every encoder on the batch; on a GPU this returns while the kernels still run."""
+    """Start every encoder on the batch; on a GPU this returns while the kernels still run. Videos
+    whose inputs differ in shape (frames of other resolutions) are encoded in separate calls."""
     results = []
     for encoder in encoders:
-        present = [(work, start, stop) for work, start, stop in spans if work.inputs(encoder) is not None]
-        if present:
+        by_shape: dict[tuple[int, ...], list[Span]] = {}
+        for work, start, stop in spans:
+            inputs = work.inputs(encoder)
+            if inputs is not None:
+                by_shape.setdefault(inputs.shape[1:], []).append((work, start, stop))
+        for present in by_shape.values():
             inputs = np.concatenate([work.inputs(encoder)[start:stop] for work, start, stop in present])  # type: ignore[index]
             results.append((encoder, present, encoder.embed(inputs)))
     return _LaunchedBatch(spans, results)
@@ -153,8 +162,9 @@ class _EncodingQueue:
     launched, so on a GPU the device computes while the host packs the next batch and writes.
     """
 
-    def __init__(self, encoders: list[SegmentEncoder], store: FeatureStore, batch_size: int, bar: tqdm, started: float):
+    def __init__(self, encoders: list[FeatureEncoder], store: FeatureStore, batch_size: int, bar: tqdm, started: float):
         self.encoders = encoders
+        self.segment_encoders = [encoder for encoder in encoders if not encoder.per_clip]
         self.store = store
         self.batcher = _Batcher(batch_size)
         self.bar = bar
@@ -174,11 +184,14 @@ class _EncodingQueue:
             n_segments=n_segments,
             outputs={
                 encoder.feature: np.empty((n_segments, encoder.dim), np.float32)
-                for encoder in self.encoders
+                for encoder in self.segment_encoders
                 if encoder.feature not in missing
             },
             missing=missing,
         )
+        for encoder in self.encoders:
+            if encoder.per_clip and encoder.feature not in missing:
+                work.outputs[encoder.feature] = encoder.encode_clip(work.inputs(encoder))
         self.batcher.add(work)
         self.videos.append(work)
 
@@ -186,7 +199,7 @@ class _EncodingQueue:
         """Launch every full batch (and the remainder when `final`, then collect everything)."""
         batch_size = self.batcher.batch_size
         while self.batcher.queued_segments >= batch_size or (final and self.batcher.queued_segments):
-            launched = _launch_batch(self.batcher.take(), self.encoders)
+            launched = _launch_batch(self.batcher.take(), self.segment_encoders)
             if self.launched is not None:
                 self._collect(self.launched)
             self.launched = launched
@@ -260,14 +273,16 @@ def extract_features(
         [row["video_id"] for row in usable],
         [row["n_segments"] for row in usable],
         encoders.feature_shapes(),
-        encoder_identities={encoder.feature: encoder.identity for encoder in active},
+        encoder_identities=encoders.identities(),
+        per_clip=encoders.per_clip_features(),
     )
     complete = store.completed(list(features))
     todo = [row for row in usable if row["video_id"] not in complete]
 
     inputs = {encoder.segment_input for encoder in active}
     decode_options: dict[str, object] = {option: name in inputs for name, option in DECODE_OPTIONS.items()}
-    decode_options["audio_rate"] = encoders.clap.sample_rate if encoders.clap is not None else 48000
+    clap = encoders.clap or (encoders.clap_maps.clap if encoders.clap_maps is not None else None)
+    decode_options["audio_rate"] = clap.sample_rate if clap is not None else 48000
     decode_options["max_side"] = settings.max_side
 
     def decode(row: dict) -> DecodedSegments | None:
@@ -336,19 +351,62 @@ def class_prompts(template: str, class_names: Sequence[str]) -> list[str]:
     return [template.format(name.replace("_", " ")) for name in class_names]
 
 
+# VALOR's `utils/clip_preprocess.py` captions of LLP's classes, as written there (typos included:
+# the embeddings VALOR used are those of these strings).
+VALOR_VISUAL_CAPTIONS: dict[str, str] = {
+    "Speech": "A photo of people talking.", "Car": "A photo of a car.", "Cheering": "A photo of people cheering.",
+    "Dog": "A photo of a dog.", "Cat": "A photo of a cat.", "Frying_(food)": "A photo of frying food.",
+    "Basketball_bounce": "A photo of people playing basketball.", "Fire_alarm": "A photo of a fire alarm.",
+    "Chainsaw": "A photo of a chainsaw.", "Cello": "A photo of a cello.", "Banjo": "A photo of a banjo.",
+    "Singing": "A photo of people singing.", "Chicken_rooster": "A photo of a chicken or a rooster.",
+    "Violin_fiddle": "A photo of a violin.", "Vacuum_cleaner": "A photo of a vaccum cleaner.",
+    "Baby_laughter": "A photo of a laughing baby.", "Accordion": "A photo of an accordion.",
+    "Lawn_mower": "A photo of a lawnmower.", "Motorcycle": "A photo of a motorcycle.",
+    "Helicopter": "A photo of a helicopter.", "Acoustic_guitar": "A photo of a acoustic guiter.",
+    "Telephone_bell_ringing": "A photo of a ringing telephone.", "Baby_cry_infant_cry": "A photo of a crying baby.",
+    "Blender": "A photo of a blender.", "Clapping": "A photo of hands clapping.",
+}
+# VALOR's `utils/clap_preprocess.py` writes LLP's class names with spaces for underscores, except these.
+VALOR_AUDIO_NAMES: dict[str, str] = {"Chicken_rooster": "Chicken, rooster", "Baby_cry_infant_cry": "Baby cry, infant cry"}
+VALOR_AUDIO_PROMPT = "This is a sound of "
+
+
+def valor_class_prompts(feature: str, class_names: Sequence[str]) -> list[str]:
+    """VALOR's prompts: for CLIP ('clip') its caption of each LLP class, for CLAP ('clap') "This is a
+    sound of " and the lower-cased name. CLIP captions exist for LLP's classes only: other classes
+    raise `InvalidInputError` naming them."""
+    if feature == "clip":
+        uncaptioned = [name for name in class_names if name not in VALOR_VISUAL_CAPTIONS]
+        if uncaptioned:
+            raise InvalidInputError(
+                f"stages.features.extraction: valor has VALOR's CLIP captions of LLP's 25 classes only; none for "
+                f"{', '.join(map(repr, uncaptioned[:5]))}{', ...' if len(uncaptioned) > 5 else ''} "
+                "(use extraction: paper for this dataset)"
+            )
+        return [VALOR_VISUAL_CAPTIONS[name] for name in class_names]
+    return [VALOR_AUDIO_PROMPT + VALOR_AUDIO_NAMES.get(name, name.replace("_", " ")).lower() for name in class_names]
+
+
+def extraction_prompts(settings: FeaturesSettings, feature: str, class_names: Sequence[str]) -> list[str]:
+    """The class prompts of CLIP ('clip') or CLAP ('clap') under `settings.extraction`."""
+    if settings.extraction == "valor":
+        return valor_class_prompts(feature, class_names)
+    return class_prompts(settings.prompts_visual if feature == "clip" else settings.prompts_audio, class_names)
+
+
 def compute_text_embeddings(
     store: FeatureStore, encoders: Encoders, class_names: Sequence[str], settings: FeaturesSettings, *, role: str
 ) -> dict[str, TextEmbeddings]:
-    """CLIP ('clip', `settings.prompts_visual`) and CLAP ('clap', `settings.prompts_audio`) class embeddings.
+    """CLIP ('clip') and CLAP ('clap') class embeddings of `extraction_prompts`.
 
     Reads them from the store when the stored prompts and encoder identity match, otherwise
     encodes and writes them. Encoders that are None are skipped.
     """
     results: dict[str, TextEmbeddings] = {}
-    for encoder, template in ((encoders.clip, settings.prompts_visual), (encoders.clap, settings.prompts_audio)):
+    for encoder in (encoders.clip, encoders.clap):
         if encoder is None:
             continue
-        prompts = class_prompts(template, class_names)
+        prompts = extraction_prompts(settings, encoder.feature, class_names)
         name = text_embedding_name(encoder.feature, role)
         embeddings = store.read_text_embeddings(name, prompts, encoder.identity)
         computed = embeddings is None

@@ -40,6 +40,19 @@ Rules (ARCHITECTURE.md, "Contracts between stages"; METHOD.md):
   decodes to nothing, or when it does not cover at least half of the first and of the last segment
   (with `AUDIO_SHORTFALL_TOLERANCE_S` of slack for codec frame granularity): visual features are still
   produced in that case.
+- **VALOR's frames** (`valor_frames`, `stages.features.extraction: valor`): per segment, the source
+  frame at native size that VALOR's CLIP features read: of the frames `ffmpeg -r 8` writes, the
+  segment's entry of round(linspace(0, n - 1, segments)) (`uwav.media.frame_rate`, which states
+  ffmpeg's rule). The choice needs every frame's timestamp first: a demux-only pass over the video
+  packets (no decoding) computes it, then the decoding pass keeps those frames by pts. A chosen
+  frame that does not decode raises `MediaError`. VALOR's frames went through ffmpeg's JPEG
+  encoder (`%06d.jpg`, its 200 kb/s default) before CLIP: that lossy step is not reproduced.
+- **The audio track** (`audio_track`, VALOR's CLAP maps): the whole track as VALOR's
+  `librosa.load(path, sr=audio_rate)` reads a video file (through audioread's `ffmpeg -f s16le`):
+  each channel as 16-bit PCM (round(x 32768), clipped), scaled by 1/32768, averaged to mono,
+  resampled with soxr "HQ" (librosa's `soxr_hq`) to ceil(n x rate ratio) samples (librosa's
+  `fix_length`); neither aligned to the video nor cut to the segments. Marked missing with the
+  segment audio.
 """
 
 from __future__ import annotations
@@ -48,6 +61,7 @@ import os
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import BinaryIO
 
 import av
@@ -57,6 +71,7 @@ from av.video.reformatter import VideoReformatter
 
 from uwav.contracts import PARTIAL_SEGMENT_MIN_S, n_segments_for_duration
 from uwav.errors import UwavError
+from uwav.media.frame_rate import VALOR_FRAME_RATE, FrameTiming, frame_timing, valor_source_frames
 
 FRAMES_PER_CLIP = 8
 CLIP_RESIZE_HW = (128, 171)  # torchvision R2Plus1D_18_Weights.KINETICS400_V1 transforms
@@ -66,6 +81,7 @@ IMAGE_CROP = 224  # then CenterCrop(224)
 AUDIO_16K_RATE = 16000  # VGGish's input rate
 MAX_FRAME_GAP_S = PARTIAL_SEGMENT_MIN_S
 AUDIO_SHORTFALL_TOLERANCE_S = 0.1  # audio streams often end a codec frame or two before the video
+PCM16_SCALE = 32768  # ffmpeg's float -> s16 conversion and librosa's s16 -> float scale
 
 # FFmpeg demuxers that render text files (chosen by file extension, e.g. `.txt` -> `tty`) or read
 # still images: they "decode" to frames, but the file is not a video.
@@ -101,6 +117,9 @@ class DecodedSegments:
     audio_missing_reason: str | None  # set when audio was requested but is unusable
     n_frames_decoded: int
     n_undecodable_packets: int
+    valor_frames: np.ndarray | None = None  # (n, H, W, 3) uint8: VALOR's frame of each segment, native size
+    valor_times: np.ndarray | None = None  # (n,) float64: start times (s) of those frames
+    audio_track: np.ndarray | None = None  # (samples,) float32 mono at audio_rate: the whole track as librosa reads it
 
 
 def source_name(source: MediaSource) -> str:
@@ -204,6 +223,43 @@ class _PacketEnd:
             self.origin_s = start
         end = start + float((packet.duration or 0) * packet.time_base) - self.origin_s
         self.end_s = end if self.end_s is None else max(self.end_s, end)
+
+
+def read_frame_timing(source: MediaSource) -> tuple[FrameTiming, float | None]:
+    """The video stream's frame timing as ffmpeg's rate conversion sees it (`uwav.media.frame_rate`)
+    and the duration by `decode_segments`' rule (None: no timestamps), from a demux-only pass."""
+    name = source_name(source)
+    position = None if isinstance(source, (str, os.PathLike)) else source.tell()
+    with ExitStack() as stack:
+        container = _open_container(source, stack)
+        video = _video_stream(container, name)
+        packet_end = _PacketEnd(_video_origin(video))
+        pts: list[int] = []
+        durations: list[int] = []
+        try:
+            for packet in container.demux(video):
+                packet_end.update(packet)
+                if packet.pts is not None:
+                    pts.append(packet.pts)
+                    durations.append(packet.duration or 0)
+        except av.FFmpegError as exc:
+            raise MediaError(name, f"demuxing failed: {exc}") from exc
+        duration = _header_duration(container, video)
+        rate = Fraction(video.guessed_rate or video.average_rate or 0)
+        timing = frame_timing(pts, durations, video.time_base, container.start_time, rate)
+    if position is not None:
+        source.seek(position)  # type: ignore[union-attr]
+    return timing, duration if duration is not None else packet_end.end_s
+
+
+def _valor_frame_pts(source: MediaSource, name: str) -> list[int]:
+    """The pts of each segment's VALOR frame (module docstring)."""
+    timing, duration = read_frame_timing(source)
+    n_segments = n_segments_for_duration(duration) if duration is not None else 0
+    chosen = valor_source_frames(timing, n_segments) if n_segments else []
+    if n_segments and not chosen:
+        raise MediaError(name, f"no video frames for VALOR's {VALOR_FRAME_RATE}-fps sampling")
+    return [timing.pts[index] for index in chosen]
 
 
 def _segment_targets(segment: int) -> list[tuple[float, int]]:
@@ -377,6 +433,18 @@ class _AudioCollector:
             return None, reason
         return {rate: self._rows(mono, start_s, n_segments, rate) for rate in rates}, None
 
+    def track(self, rate: int) -> np.ndarray:
+        """The whole track as `librosa.load(path, sr=rate)` reads a video file (module docstring);
+        call after `segments` (which flushes the converter)."""
+        channels = np.concatenate(self.chunks, axis=1)
+        pcm16 = np.clip(np.rint(channels * PCM16_SCALE), -PCM16_SCALE, PCM16_SCALE - 1) / PCM16_SCALE
+        mono = pcm16.astype(np.float32).mean(axis=0, dtype=np.float32)
+        if self.rate == rate:
+            return mono
+        resampled = soxr.resample(mono, self.rate, rate, quality="HQ").astype(np.float32, copy=False)
+        length = int(np.ceil(mono.size * (float(rate) / self.rate)))  # librosa's `fix=True`: zero-pad or cut
+        return np.pad(resampled[:length], (0, max(0, length - resampled.size)))
+
     def _rows(self, mono: np.ndarray, start_s: float, n_segments: int, rate: int) -> np.ndarray:
         if self.rate != rate:
             mono = soxr.resample(mono, self.rate, rate, quality="HQ").astype(np.float32, copy=False)
@@ -399,24 +467,32 @@ def decode_segments(
     images: bool = False,
     audio_16k: bool = False,
     max_side: int | None = None,
+    valor_frames: bool = False,
+    audio_track: bool = False,
 ) -> DecodedSegments:
     """Decode a video once into 1-s segments (rules in the module docstring).
 
-    `path`: local path, fsspec URL or binary file object. `centre`/`clip`/`images`/`audio`/`audio_16k`
-    choose the outputs a caller needs (the video is always decoded: it defines the segments; RGB
-    conversions and resampling happen only for requested outputs). Raises MediaError for media it
-    cannot use; a missing or unusable audio track is not an error (`audio_missing_reason`).
+    `path`: local path, fsspec URL or binary file object. `centre`/`clip`/`images`/`audio`/`audio_16k`/
+    `valor_frames`/`audio_track` choose the outputs a caller needs (the video is always decoded: it
+    defines the segments; RGB conversions and resampling happen only for requested outputs;
+    `valor_frames` adds a demux-only pass). Raises MediaError for media it cannot use; a missing or
+    unusable audio track is not an error (`audio_missing_reason`).
     """
     if audio_rate <= 0:
         raise ValueError(f"audio_rate must be positive, got {audio_rate}")
     if max_side is not None and max_side <= 0:
         raise ValueError(f"max_side must be positive, got {max_side}")
     name = source_name(path)
+    valor_pts = _valor_frame_pts(path, name) if valor_frames else []
+    valor_rgb: dict[int, tuple[float, np.ndarray] | None] = dict.fromkeys(valor_pts)  # pts -> (time, RGB) once decoded
+    valor_reformatter = VideoReformatter()
+    valor_size: tuple[int, int] | None = None
     with ExitStack() as stack:
         container = _open_container(path, stack)
         video = _video_stream(container, name)
         video.thread_type = "AUTO"  # frame + slice threads: decoding every frame is the main cost
-        rates = list(dict.fromkeys(rate for rate, wanted in ((audio_rate, audio), (AUDIO_16K_RATE, audio_16k)) if wanted))
+        wanted_rates = ((audio_rate, audio or audio_track), (AUDIO_16K_RATE, audio_16k))
+        rates = list(dict.fromkeys(rate for rate, wanted in wanted_rates if wanted))
         audio_stream = container.streams.audio[0] if rates and container.streams.audio else None
         header_duration = _header_duration(container, video)
         origin_s = _video_origin(video)
@@ -445,6 +521,10 @@ def decode_segments(
                         if origin_s is None:  # no stream start time: the first packet's pts
                             origin_s = packet_end.origin_s if packet_end.origin_s is not None else frame.time
                         selector.push(frame, frame.time - origin_s)
+                        if frame.pts in valor_rgb and valor_rgb[frame.pts] is None:
+                            valor_size = valor_size or (frame.width, frame.height)
+                            rgb = valor_reformatter.reformat(frame, width=valor_size[0], height=valor_size[1], format="rgb24", threads=1)
+                            valor_rgb[frame.pts] = (frame.time - origin_s, rgb.to_ndarray())
         except av.FFmpegError as exc:
             raise MediaError(name, f"demuxing failed: {exc}") from exc
         duration_s = header_duration if header_duration is not None else packet_end.end_s
@@ -462,6 +542,15 @@ def decode_segments(
         elif collector is not None:
             found, audio_missing = collector.segments(origin_s or 0.0, n_segments, rates)
             audio_rows = found or {}
+        track = collector.track(audio_rate) if audio_track and collector is not None and audio_missing is None else None
+    chosen = [valor_rgb[pts] for pts in valor_pts]
+    if valor_frames and len(chosen) != n_segments:
+        raise MediaError(name, f"VALOR's {VALOR_FRAME_RATE}-fps sampling chose {len(chosen)} frames for {n_segments} segments")
+    undecoded = [segment for segment, frame in enumerate(chosen) if frame is None]
+    if undecoded:
+        raise MediaError(
+            name, f"the frame VALOR's {VALOR_FRAME_RATE}-fps sampling takes for segment {undecoded[0]} did not decode"
+        )
 
     decoded_span = selector.last.end_s - selector.first_start_s
     return DecodedSegments(
@@ -483,4 +572,7 @@ def decode_segments(
         audio_missing_reason=audio_missing,
         n_frames_decoded=selector.n_frames,
         n_undecodable_packets=n_undecodable,
+        valor_frames=np.stack([rgb for _, rgb in chosen]) if valor_frames else None,
+        valor_times=np.array([time for time, _ in chosen], dtype=np.float64) if valor_frames else None,
+        audio_track=track,
     )

@@ -34,7 +34,10 @@ def _encoded_features(catalog: Catalog) -> set[str]:
 def _encoders(catalog: Catalog, device: str) -> Encoders:
     from uwav.features.encoders import build_encoders
 
-    return build_encoders(catalog.encoders, device, features=_encoded_features(catalog), base_dir=catalog.base_dir)
+    return build_encoders(
+        catalog.encoders, device, features=_encoded_features(catalog), base_dir=catalog.base_dir,
+        extraction=catalog.stages.features.extraction,
+    )
 
 
 def _datasets(catalog: Catalog) -> tuple[list[DatasetTables], pl.DataFrame]:
@@ -65,7 +68,7 @@ def pending_feature_shards(catalog: Catalog, shard_videos: int = FEATURE_SHARD_V
     store = open_store(catalog, settings.dtype)
     store.allocate(
         usable["video_id"].to_list(), usable["n_segments"].to_list(), encoders.feature_shapes(),
-        encoder_identities={encoder.feature: encoder.identity for encoder in encoders.active()},
+        encoder_identities=encoders.identities(), per_clip=encoders.per_clip_features(),
     )
     complete = store.completed([encoder.feature for encoder in encoders.active()])
     pending = [video_id for video_id in usable["video_id"].to_list() if video_id not in complete]
@@ -161,6 +164,9 @@ def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
     from uwav.features.extract import compute_text_embeddings, extract_features
 
     encoders = _encoders(catalog, settings.device)
+    # before any media is read: a class list the extraction has no prompts for fails at once
+    for tables in datasets:
+        compute_text_embeddings(store, encoders, tables.classes, settings, role=tables.role)
     quarantine = QuarantineLog.load(quarantine_path(catalog))
     try:
         for tables in datasets:
@@ -175,8 +181,6 @@ def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
             }
     finally:
         quarantine.write(quarantine_path(catalog))
-    for tables in datasets:
-        compute_text_embeddings(store, encoders, tables.classes, settings, role=tables.role)
     if settings.source == "official":
         from uwav.features.official import import_official_llp
 

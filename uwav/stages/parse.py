@@ -1,7 +1,9 @@
 """`uwav parse`: the current model's per-segment audio / visual / audio-visual events of new
 videos (JSON, Parquet and a timeline PNG each). The model's input features
-(`stages.train.han.inputs`: CLAP + CLIP + R(2+1)D, or the official set VGGish + ResNet-152 +
-R(2+1)D) are computed in memory with the catalog's encoders; nothing is written to the feature store."""
+(`stages.train.han.inputs`: CLAP + CLIP + R(2+1)D, VALOR++'s CLAP maps + CLIP + R(2+1)D, or the
+official set VGGish + ResNet-152 + R(2+1)D) are computed in memory with the catalog's encoders and
+`stages.features.extraction` (a released VALOR++ parses a video as it was trained with
+`extraction: valor`); nothing is written to the feature store."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from pathlib import Path
 
 from uwav.catalog import Catalog
 from uwav.contracts import HAN_INPUT_FEATURES
-from uwav.errors import StageError
+from uwav.errors import InvalidInputError, StageError
 from uwav.parsing import ParseOutputs
 from uwav.stages.inputs import han_features
 from uwav.stages.promotion import current_checkpoint
@@ -52,6 +54,11 @@ def parse_media(
     from uwav.stages.evaluate import check_model_inputs, load_han_model
     from uwav.training.han_train import predict_han
 
+    if kind == "valor++" and catalog.stages.features.extraction != "valor":
+        raise InvalidInputError(
+            "--kind valor++: VALOR++ was trained on VALOR's CLIP features (L2-normalised, its own frames); "
+            "set stages.features.extraction: valor to parse new media with it"
+        )
     if model_path is None:
         model_path, kind = current_checkpoint(catalog), "checkpoint"
     model = load_han_model(model_path, kind, catalog.stages.train.device)
@@ -73,7 +80,9 @@ def parse_media(
     settings = catalog.stages.features
     store = FeatureStore(f"memory://uwav-parse-{uuid.uuid4().hex}", dtype="float32")
     inputs = HAN_INPUT_FEATURES[catalog.stages.train.han.inputs]
-    encoders = build_encoders(catalog.encoders, settings.device, features=inputs, base_dir=catalog.base_dir)
+    encoders = build_encoders(
+        catalog.encoders, settings.device, features=inputs, base_dir=catalog.base_dir, extraction=settings.extraction
+    )
     quarantine = QuarantineLog()
     extract_features(manifest, store, encoders, settings, quarantine, progress=progress)
     split, features = han_features(catalog, store, manifest)
