@@ -102,16 +102,17 @@ import numpy as np
 import polars as pl
 import torch
 
-from uwav.catalog import CalibrateSettings, HanSettings, PretrainSettings, PseudoLabelSettings, Recipe, Task, TrainSettings, recipe_settings
+from uwav.catalog import CalibrateSettings, HanSettings, PretrainSettings, PseudoLabelSettings, Task, TrainSettings
 from uwav.contracts import MODALITIES, AudioVisual
-from uwav.synthetic.layouts import TARGET_LAYOUTS
-from uwav.synthetic.features import FeatureDifficulty, SyntheticFeatureBenchmark, make_feature_benchmark
 from uwav.evaluation import dense_to_arrays, pseudo_label_quality
 from uwav.labels import ThresholdSet, calibrate_thresholds
+from uwav.labels.rules import binary_pseudo_labels, finite_thresholds, soft_pseudo_labels
 from uwav.models.plg import AudioVisualPLG
+from uwav.recipes import Recipe, recipe_settings
+from uwav.synthetic.features import FeatureDifficulty, SyntheticFeatureBenchmark, make_feature_benchmark
+from uwav.synthetic.layouts import TARGET_LAYOUTS
 from uwav.training.data import HanFeatures, HanTrainData, LabelledSplit, PretrainData
 from uwav.training.han_train import ABLATION_COLUMNS, ABLATION_VARIANTS, ave_settings, format_ablation, run_ablation
-from uwav.labels.rules import binary_pseudo_labels, finite_thresholds, soft_pseudo_labels
 from uwav.training.pretrain import predict_plg, pretrain_plg
 
 DEFAULT_LLP_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "llp"

@@ -4,8 +4,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from uwav.catalog import RECIPE_SETTINGS, CatalogError, check_catalog, effective_settings, load_catalog, parse_catalog
+from uwav.catalog import CatalogError, check_catalog, effective_settings, load_catalog, parse_catalog
 from uwav.cli import app
+from uwav.recipes import RECIPE_SETTINGS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

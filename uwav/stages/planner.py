@@ -92,7 +92,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 # effect reaches a stage only through the setting values (fingerprinted as values), and the
 # rest is bookkeeping around the stage (errors, records, how files are written, this planner).
 NOT_STAGE_CODE: frozenset[str] = frozenset(
-    {"catalog.py", "errors.py", "caching.py", "atomic.py", "stages/__init__.py", "stages/planner.py"}
+    {"catalog.py", "recipes.py", "errors.py", "caching.py", "atomic.py", "stages/__init__.py", "stages/planner.py"}
 )
 
 

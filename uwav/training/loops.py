@@ -31,7 +31,6 @@ from tqdm.auto import tqdm
 import uwav
 from uwav.atomic import clean_interrupted
 from uwav.catalog import PretrainSettings, TrainSettings
-from uwav.devices import resolve_device
 from uwav.errors import InvalidInputError
 from uwav.training.checkpoints import (
     BEST_NAME,
