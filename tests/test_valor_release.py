@@ -23,7 +23,7 @@ from uwav.cli import app
 from uwav.contracts import HAN_INPUT_FEATURES, TrainOutputs
 from uwav.datasets import LLP_CLASSES, read_llp
 from uwav.errors import InvalidInputError, StageError
-from uwav.evaluation import avvp_scores, dense_to_arrays, pseudo_label_quality
+from uwav.evaluation import avvp_scores, dense_to_arrays
 from uwav.features.released import find_release, import_released_segments
 from uwav.features.store import FeatureStore
 from uwav.labels import read_pseudo_labels, read_released_pseudo_labels
