@@ -39,17 +39,16 @@ from uwav.synthetic.features import (
     SyntheticFeatureSet,
     make_feature_benchmark,
 )
-from uwav.synthetic.media import (
+from uwav.synthetic.media import SynthMediaPaths, write_media_benchmark
+from uwav.synthetic.signatures import (
     CATALOGUE,
     PRETRAIN_CLASSES,
     TARGET_CLASSES,
     NoiseSettings,
-    SynthMediaPaths,
     TimedEvent,
     render_audio,
     render_audio_signature,
     render_frames,
-    write_media_benchmark,
 )
 from uwav.synthetic.synthesize import synth_main
 from uwav.features.official import RESNET_MEAN_NAME
