@@ -7,19 +7,23 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from uwav.catalog import Catalog
-from uwav.contracts import EvaluateOutputs, PseudoLabelsOutputs, TrainOutputs
-from uwav.errors import InvalidInputError, UwavError
-from uwav.stages.inputs import labelled_split, target_task
+from uwav.contracts import PLG_FEATURES, AudioVisual, EvaluateOutputs, PseudoLabelsOutputs, TrainOutputs
+from uwav.errors import InvalidInputError, StageError, UwavError
+from uwav.stages.inputs import labelled_split, load_split, target_task, text_embeddings
 from uwav.stages.planner import StageResult, stage_record, state_dir
 from uwav.stages.tables import dataset_tables, open_store
 
 if TYPE_CHECKING:
+    import numpy as np
+    import polars as pl
+
+    from uwav.features.store import FeatureStore
     from uwav.models import HAN
     from uwav.training.data import HanFeatures, LabelledSplit
     from uwav.training.han_train import HanEvaluation
@@ -71,17 +75,18 @@ def check_model_inputs(model: HAN, features: HanFeatures, classes: Sequence[str]
 
 
 # Names of the reference rows shown beside a model's scores (report, printed tables, stage record).
-# The pseudo-labels keep only each video's true classes (its weak label), which the HAN has to find
-# by itself: the name says so, lest they read as a score the HAN should simply reach.
+# Per-segment labels kept only where each video's true classes (its weak label) allow, which the
+# HAN has to find by itself: the names say so, lest they read as scores the HAN should simply reach.
 PSEUDO_LABELS_REFERENCE = "pseudo-labels, given video labels"
+ZERO_SHOT_REFERENCE = "zero-shot per-segment labels, given video labels"
 NOTHING_REFERENCE = "predict nothing"
 
 
 @dataclass(frozen=True)
 class ModelEvaluation:
-    """`references`: scores on the same videos of predicting nothing and, where the pipeline has
-    made them, of the binary pseudo-labels (`reference_scores`); `health_warnings`: the collapse
-    warning when the model is at the predict-nothing level there."""
+    """`references`: scores on the same videos of predicting nothing and of the per-segment label
+    sets of `REFERENCE_LABELS` that exist for them (`reference_scores`); `health_warnings`: the
+    collapse warning when the model is at the predict-nothing level there."""
 
     scores: dict[str, float]
     references: dict[str, dict[str, float]]
@@ -91,32 +96,120 @@ class ModelEvaluation:
     excluded_videos: int
 
 
-def reference_scores(catalog: Catalog, video_ids: Sequence[str], split: LabelledSplit) -> dict[str, dict[str, float]]:
-    """What a model's scores on `split` (the videos `video_ids`) should be read against, on those
-    same videos: the binary pseudo-labels of the catalog's pseudo_labels stage, when it has run
-    and holds every one of them (what training started from), and predicting nothing (the floor)."""
+def _fit_segments(labels: np.ndarray, n_segments: int) -> np.ndarray:
+    """(N, T', C) -> (N, n_segments, C): cut, or padded with False."""
     import numpy as np
 
-    from uwav.evaluation import predict_nothing_scores, pseudo_label_quality
+    labels = labels[:, :n_segments]
+    return np.pad(labels, ((0, 0), (0, n_segments - labels.shape[1]), (0, 0)))
+
+
+def pseudo_label_reference(catalog: Catalog, video_ids: Sequence[str], n_segments: int) -> dict[str, np.ndarray] | None:
+    """The binary pseudo-labels of the catalog's pseudo_labels stage (what training started from),
+    when it has run and holds every one of `video_ids`."""
     from uwav.labels import read_pseudo_labels
 
-    references = {}
     record = state_dir(catalog).record("pseudo_labels")
-    if record is not None:
-        folder = PseudoLabelsOutputs.of(record.outputs).pseudo_labels
-        try:
-            labels = read_pseudo_labels(folder, list(video_ids))
-        except (KeyError, UwavError) as error:  # labels from another catalog state: no reference
-            log.info("evaluate: no pseudo-label reference: %s", error)
-        else:
-            n_segments = split.gt_audio.shape[1]
-            hard = {}
-            for modality in ("audio", "visual"):
-                values = labels.arrays[f"{modality}_hard"].astype(bool)[:, :n_segments]
-                hard[modality] = np.pad(values, ((0, 0), (0, n_segments - values.shape[1]), (0, 0)))
-            references[PSEUDO_LABELS_REFERENCE] = pseudo_label_quality(
-                hard["audio"], hard["visual"], split.gt_audio, split.gt_visual
-            )
+    if record is None:
+        return None
+    folder = PseudoLabelsOutputs.of(record.outputs).pseudo_labels
+    try:
+        labels = read_pseudo_labels(folder, list(video_ids))
+    except (KeyError, UwavError) as error:  # labels from another catalog state: no reference
+        log.info("evaluate: no pseudo-label reference: %s", error)
+        return None
+    return {m: _fit_segments(labels.arrays[f"{m}_hard"].astype(bool), n_segments) for m in ("audio", "visual")}
+
+
+def _zero_shot_scores(
+    store: FeatureStore, text: AudioVisual[np.ndarray], manifest: pl.DataFrame
+) -> tuple[pl.DataFrame, np.ndarray, dict[str, np.ndarray]]:
+    """The videos of `manifest` with CLIP and CLAP features (manifest order), their (N, T) valid
+    segments and (N, T, C) zero-shot scores per modality."""
+    import numpy as np
+    import polars as pl
+
+    from uwav.labels.zero_shot import zero_shot_scores
+
+    split = load_split(store, manifest, PLG_FEATURES)
+    kept = manifest.filter(pl.col("video_id").is_in(split.video_ids))  # manifest order, as load_split's
+    scores = {"audio": zero_shot_scores(split.features["clap"], text.audio),
+              "visual": zero_shot_scores(split.features["clip"], text.visual)}  # fmt: skip
+    valid = np.arange(scores["audio"].shape[1])[None, :] < split.lengths[:, None]
+    return kept, valid, scores
+
+
+def zero_shot_reference(catalog: Catalog, video_ids: Sequence[str], n_segments: int) -> dict[str, np.ndarray] | None:
+    """The encoders' zero-shot per-segment labels of `video_ids` (`uwav.labels.zero_shot`), their
+    thresholds calibrated on the calibration split as the generator's are; None where the store
+    lacks the class text embeddings, or CLIP / CLAP features of a video."""
+    import polars as pl
+
+    from uwav.labels.zero_shot import calibrate_zero_shot, zero_shot_labels
+    from uwav.workspace import dense_truth, weak_label_matrix
+
+    store = open_store(catalog)
+    tables = dataset_tables(catalog, "target")
+    try:
+        text = text_embeddings(store, "target")
+    except StageError as error:
+        log.info("evaluate: no zero-shot reference: %s", error)
+        return None
+    settings = catalog.stages.calibrate
+    calibration, valid, scores = _zero_shot_scores(store, text, tables.split(settings.split))
+    if calibration.height == 0:
+        log.info("evaluate: no zero-shot reference: no %s video has CLIP and CLAP features", settings.split)
+        return None
+    truth = dense_truth(tables, calibration["video_id"].to_list(), valid.shape[1]) if settings.method != "quantile" else None
+    thresholds = calibrate_zero_shot(
+        scores, weak_label_matrix(calibration, tables.classes), valid, tables.classes, dense_truth=truth,
+        method=settings.method, quantile=settings.quantile,
+    )
+    evaluated = pl.DataFrame({"video_id": list(video_ids)}).join(tables.manifest, on="video_id", how="left", maintain_order="left")
+    kept, valid, scores = _zero_shot_scores(store, text, evaluated)
+    if kept["video_id"].to_list() != list(video_ids):
+        log.info("evaluate: no zero-shot reference: some evaluated videos lack CLIP or CLAP features")
+        return None
+    labels = zero_shot_labels(scores, thresholds, weak_label_matrix(kept, tables.classes), valid)
+    return {m: _fit_segments(labels[m], n_segments) for m in ("audio", "visual")}
+
+
+def segment_zero_shot_accuracy(catalog: Catalog, split_name: str) -> dict[str, float]:
+    """How well the catalog's CLIP ('clip') and CLAP ('clap') classify, zero-shot, the segments of
+    a split's densely labelled target videos that show (CLIP) or sound (CLAP) exactly one class:
+    the share whose best-scoring class prompt names it (`uwav.labels.zero_shot.top1_accuracy`)."""
+    from uwav.labels.zero_shot import top1_accuracy
+    from uwav.workspace import dense_truth
+
+    store = open_store(catalog)
+    tables = dataset_tables(catalog, "target")
+    kept, valid, scores = _zero_shot_scores(store, text_embeddings(store, "target"), tables.split(split_name))
+    truth = dense_truth(tables, kept["video_id"].to_list(), valid.shape[1])
+    if truth is None:
+        raise StageError(f"zero-shot accuracy: no {split_name} video of {tables.name!r} has dense labels and CLIP / CLAP features")
+    return {feature: top1_accuracy(scores[m], truth[m], valid) for feature, m in (("clip", "visual"), ("clap", "audio"))}
+
+
+# Per-segment label sets scored beside a model, by reference name: each gives (N, T, C) bool
+# labels per modality for the evaluated videos, or None where it has none for them.
+REFERENCE_LABELS: dict[str, Callable[[Catalog, Sequence[str], int], dict[str, np.ndarray] | None]] = {
+    PSEUDO_LABELS_REFERENCE: pseudo_label_reference,
+    ZERO_SHOT_REFERENCE: zero_shot_reference,
+}
+
+
+def reference_scores(catalog: Catalog, video_ids: Sequence[str], split: LabelledSplit) -> dict[str, dict[str, float]]:
+    """What a model's scores on `split` (the videos `video_ids`) should be read against, on those
+    same videos: every label set of `REFERENCE_LABELS` that exists for them, and predicting
+    nothing (the floor)."""
+    from uwav.evaluation import predict_nothing_scores, pseudo_label_quality
+
+    references = {}
+    n_segments = split.gt_audio.shape[1]
+    for name, labels_of in REFERENCE_LABELS.items():
+        labels = labels_of(catalog, video_ids, n_segments)
+        if labels is not None:
+            references[name] = pseudo_label_quality(labels["audio"], labels["visual"], split.gt_audio, split.gt_visual)
     references[NOTHING_REFERENCE] = predict_nothing_scores(split.gt_audio, split.gt_visual)
     return references
 
