@@ -193,11 +193,17 @@ class ClapEncoder(TorchEncoder):
         mel = spectrum.abs().pow(2).transpose(1, 2) @ self.fusion_filterbank  # (B, frames, 64)
         return (10.0 * torch.log10(mel.clamp(min=1e-10)))[:, None].repeat(1, 4, 1, 1)
 
-    def embed(self, waveforms: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def audio_inputs(self, waveforms: np.ndarray | torch.Tensor) -> Any:
+        """float32 (B, n) -> what the audio branch reads: `preprocess`'s output, as a dict with
+        `fusion_inputs` where the branch takes one. Training reads the same (`uwav.synthetic.encoders`)."""
         x = self.preprocess(waveforms)
         batch: Any = {"waveform": x, "longer": torch.zeros(len(x), 1, dtype=torch.bool, device=self.device)} if self.dict_input else x
         if self.fusion:
             batch["mel_fusion"] = self.fusion_inputs(x)
+        return batch
+
+    def embed(self, waveforms: np.ndarray | torch.Tensor) -> torch.Tensor:
+        batch = self.audio_inputs(waveforms)
         with self._running():
             hidden = self.model.encode_audio(batch, device=self.device)["embedding"]
             return self.model.audio_projection(hidden)
@@ -206,17 +212,20 @@ class ClapEncoder(TorchEncoder):
         """float32 (B, samples at `sample_rate`) -> (B, dim)."""
         return self.encode_segments(waveforms)
 
-    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
-        """Prompts -> (C, dim)."""
+    def text_tokens(self, texts: Sequence[str]) -> Any:
+        """Texts -> what the text branch reads (its tokenizer's output)."""
         texts = list(texts)
         if self.hf_tokenizer is not None:
-            tokens: Any = dict(
+            return dict(
                 self.hf_tokenizer(
                     texts, padding="max_length", truncation=True, max_length=_CLAP_CONTEXT_LENGTH, return_tensors="pt"
                 )
             )
-        else:
-            tokens = self.tokenize(texts, context_length=self.model.context_length)
+        return self.tokenize(texts, context_length=self.model.context_length)
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        """Prompts -> (C, dim)."""
+        tokens = self.text_tokens(texts)
         with self._running():
             return to_host(self.model.encode_text(tokens, device=self.device))
 
