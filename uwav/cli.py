@@ -148,6 +148,10 @@ def synth(
     if mode not in ("media", "features", "encoders"):
         raise InvalidInputError(f"--mode must be 'media', 'features' or 'encoders', got {mode!r}")
     if mode == "encoders":
+        unused = [flag for flag, value in (("--n-pretrain", n_pretrain), ("--n-train", n_train), ("--n-val", n_val),
+                                           ("--n-test", n_test), ("--layouts-from", layouts_from)) if value is not None]
+        if unused:
+            raise InvalidInputError(f"{', '.join(unused)}: not used by --mode encoders (its corpus is fixed by the seed)")
         # Apart from synth_main, which the segment stage runs: the encoders are no part of its code.
         from uwav.synthetic.encoders import aligned_encoders, alignment_lines
 

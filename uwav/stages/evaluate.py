@@ -80,6 +80,12 @@ def check_model_inputs(model: HAN, features: HanFeatures, classes: Sequence[str]
 PSEUDO_LABELS_REFERENCE = "pseudo-labels, given video labels"
 ZERO_SHOT_REFERENCE = "zero-shot per-segment labels, given video labels"
 NOTHING_REFERENCE = "predict nothing"
+REFERENCES_NOTE = (
+    "rows beside the model score references on the same videos: label sets 'given video labels' keep only each "
+    "video's true classes, which the model has to find by itself (a ceiling rather than a target); the zero-shot "
+    "per-segment labels are the encoders' own class-text scores, thresholded as the generator's logits are, so the "
+    "pseudo-labels' row against theirs is what the temporal generator adds; predicting nothing is the floor"
+)
 
 
 @dataclass(frozen=True)
@@ -256,7 +262,8 @@ def evaluate_model(
         catalog, out_dir, timelines, tables, split.video_ids, labelled, evaluation, references, history,
         pseudo_label_quality,
         [f"catalog: {catalog.base_dir}", f"model: {source}", *notes,
-         *([f"health warning: {collapse}"] if collapse else []), f"{len(split.video_ids)} evaluated videos"],
+         *([f"health warning: {collapse}"] if collapse else []), f"{len(split.video_ids)} evaluated videos",
+         REFERENCES_NOTE],
     )
     return ModelEvaluation(
         evaluation.scores, references, [collapse] if collapse else [],

@@ -26,6 +26,7 @@ from typing import Literal
 
 import numpy as np
 
+from uwav.features.extract import class_prompts
 from uwav.synthetic.layouts import derived_rng
 from uwav.synthetic.signatures import CATALOGUE, NoiseSettings, TimedEvent, render_audio, render_frames
 
@@ -49,13 +50,9 @@ TEMPLATES: dict[str, tuple[str, ...]] = {"image": IMAGE_TEMPLATES, "audio": AUDI
 AUDIO_CONTEXT_S = 2  # an item's second is cut from a longer sound, so its rhythm need not start with it
 
 
-def spoken_name(class_name: str) -> str:
-    """A class name as prompts write it: underscores become spaces (as `uwav.features.extract.class_prompts`)."""
-    return class_name.replace("_", " ")
-
-
 def caption(template: str, classes: tuple[str, ...]) -> str:
-    return template.format(" and ".join(spoken_name(name) for name in classes))
+    """`template` over the classes' names as the pipeline's prompts write them, joined by "and"."""
+    return template.format(" and ".join(class_prompts("{}", classes)))
 
 
 @dataclass(frozen=True)
