@@ -10,6 +10,8 @@ import pytest
 import yaml
 
 from uwav.catalog import load_catalog
+from uwav.contracts import text_embedding_name
+from uwav.features.store import FeatureStore
 from uwav.labels.zero_shot import calibrate_zero_shot, top1_accuracy, zero_shot_labels, zero_shot_scores
 from uwav.stages import run_pipeline
 from uwav.stages.evaluate import REFERENCE_LABELS, ZERO_SHOT_REFERENCE, segment_zero_shot_accuracy, zero_shot_reference
@@ -153,6 +155,23 @@ def test_reference_is_absent_for_videos_without_features(feature_catalog: Path) 
     catalog = load_catalog(feature_catalog)
     test_ids = dataset_tables(catalog, "target").split("test")["video_id"].to_list()
     assert zero_shot_reference(catalog, [*test_ids[:2], "not-a-video"], 10) is None
+
+
+def test_reference_is_absent_from_a_store_without_clip_and_clap_features(feature_catalog: Path) -> None:
+    """A store of the official features only may still hold class text embeddings (a release's)."""
+    catalog = load_catalog(feature_catalog)
+    test_ids = dataset_tables(catalog, "target").split("test")["video_id"].to_list()
+    text = text_embeddings(open_store(catalog), "target")
+    data = yaml.safe_load(feature_catalog.read_text())
+    data["stores"] = {"features": "store/text_only.zarr"}
+    other = feature_catalog.with_name("text_only.yaml")
+    other.write_text(yaml.safe_dump(data))
+    text_only = load_catalog(other)
+    store = FeatureStore(text_only.store("features"))  # type: ignore[arg-type]
+    for feature, embeddings in (("clip", text.visual), ("clap", text.audio)):
+        name = text_embedding_name(feature, "target")
+        store.write_text_embeddings(name, [f"class {c}" for c in range(len(embeddings))], embeddings, "test")
+    assert zero_shot_reference(text_only, test_ids, 10) is None
 
 
 def test_segment_zero_shot_accuracy_is_top1_on_single_class_segments(feature_catalog: Path) -> None:

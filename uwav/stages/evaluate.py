@@ -156,13 +156,13 @@ def zero_shot_reference(catalog: Catalog, video_ids: Sequence[str], n_segments: 
 
     store = open_store(catalog)
     tables = dataset_tables(catalog, "target")
+    settings = catalog.stages.calibrate
     try:
         text = text_embeddings(store, "target")
-    except StageError as error:
+        calibration, valid, scores = _zero_shot_scores(store, text, tables.split(settings.split))
+    except (StageError, KeyError) as error:  # no text embeddings, or no CLIP / CLAP features in the store
         log.info("evaluate: no zero-shot reference: %s", error)
         return None
-    settings = catalog.stages.calibrate
-    calibration, valid, scores = _zero_shot_scores(store, text, tables.split(settings.split))
     if calibration.height == 0:
         log.info("evaluate: no zero-shot reference: no %s video has CLIP and CLAP features", settings.split)
         return None
