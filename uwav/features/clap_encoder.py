@@ -193,9 +193,9 @@ class ClapEncoder(TorchEncoder):
         mel = spectrum.abs().pow(2).transpose(1, 2) @ self.fusion_filterbank  # (B, frames, 64)
         return (10.0 * torch.log10(mel.clamp(min=1e-10)))[:, None].repeat(1, 4, 1, 1)
 
-    def audio_inputs(self, waveforms: np.ndarray | torch.Tensor) -> Any:
-        """float32 (B, n) -> what the audio branch reads: `preprocess`'s output, as a dict with
-        `fusion_inputs` where the branch takes one. Training reads the same (`uwav.synthetic.encoders`)."""
+    def audio_batch(self, waveforms: np.ndarray | torch.Tensor) -> Any:
+        """What the audio branch reads for float32 (B, n) waveforms: the preprocessed window, in
+        laion_clap's dict (with `mel_fusion` for the fusion model) where the branch takes one."""
         x = self.preprocess(waveforms)
         batch: Any = {"waveform": x, "longer": torch.zeros(len(x), 1, dtype=torch.bool, device=self.device)} if self.dict_input else x
         if self.fusion:
@@ -203,7 +203,7 @@ class ClapEncoder(TorchEncoder):
         return batch
 
     def embed(self, waveforms: np.ndarray | torch.Tensor) -> torch.Tensor:
-        batch = self.audio_inputs(waveforms)
+        batch = self.audio_batch(waveforms)
         with self._running():
             hidden = self.model.encode_audio(batch, device=self.device)["embedding"]
             return self.model.audio_projection(hidden)

@@ -6,7 +6,7 @@ Each tower is built and fed exactly as the feature extraction builds and feeds i
 comes from the same builders (`build_clip_encoder` / `build_clap_encoder`: open_clip's and
 laion_clap's factories, deterministic random initialisation), images pass through
 `ClipEncoder.preprocess` and captions through its tokenizer; sounds are resampled as decoding
-does, then pass through `ClapEncoder.audio_inputs`, captions through `ClapEncoder.text_tokens`.
+does, then pass through `ClapEncoder.audio_batch`, captions through `ClapEncoder.text_tokens`.
 The losses are the libraries' own (open_clip's `ClipLoss`, laion_clap's `ClipLoss`), the logit
 scales clamped at 100 as both training scripts do, AdamW without decay on gains and biases as
 open_clip's script has it.
@@ -173,7 +173,7 @@ def _clap_training(encoder: ClapEncoder, inputs: np.ndarray) -> tuple[StepLoss, 
     with torch.no_grad():
         hidden = torch.cat(
             [
-                model.encode_audio(encoder.audio_inputs(inputs[i : i + _ENCODE_BATCH]), device=encoder.device)["embedding"]
+                model.encode_audio(encoder.audio_batch(inputs[i : i + _ENCODE_BATCH]), device=encoder.device)["embedding"]
                 for i in range(0, len(inputs), _ENCODE_BATCH)
             ]
         )
