@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from uwav.catalog import load_catalog
-from uwav.demo import demo_catalog
+from uwav.demo import RANDOM_INIT_ENCODERS, demo_catalog
 from uwav.features.store import FeatureStore
 from uwav.stages import state_dir
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 
 def media_catalog(folder: Path, media: Path, **orchestration: object) -> Path:
     """The demo catalog at a few videos; both runs read the synthetic media generated in `media`."""
-    data = demo_catalog(seed=4)
+    data = demo_catalog(4, RANDOM_INIT_ENCODERS)
     for dataset in data["datasets"].values():
         dataset["synthetic"].update(n_pretrain=3, n_train=6, n_val=2, n_test=2)
         dataset["annotations"] = str(media)

@@ -38,7 +38,7 @@ from tests.prefect_processes import (
 )
 from uwav.cli import app
 from uwav.synthetic.media import SynthMediaPaths, write_media_benchmark
-from uwav.demo import demo_catalog
+from uwav.demo import RANDOM_INIT_ENCODERS, demo_catalog
 from uwav.stages import STAGES
 
 N_INITIAL_TRAIN, N_ADDED, N_VAL, N_TEST = 8, 4, 4, 4
@@ -97,9 +97,9 @@ def publish_target(media: SynthMediaPaths, project: Path, n_train: int) -> list[
 
 
 def write_project_catalog(media: SynthMediaPaths, project: Path) -> Path:
-    """The demo catalog (tiny encoders, CPU) over the published target and the pre-training set,
+    """The demo catalog (tiny random-initialised encoders, CPU) over the published target and the pre-training set,
     with the shortest training schedules."""
-    catalog = demo_catalog(seed=0)
+    catalog = demo_catalog(0, RANDOM_INIT_ENCODERS)
     catalog["datasets"] = {
         "media_target": {
             "kind": "llp", "annotations": "target", "media_root": "target_media", "role": "target",

@@ -16,7 +16,7 @@ from uwav.cli import app
 from uwav.evaluation import predict_nothing_scores
 from uwav.labels import read_pseudo_labels
 from uwav.stages import STAGES, StageError, compute_fingerprints, plan, run_pipeline, stage_status, state_dir
-from uwav.stages.evaluate import NOTHING_REFERENCE, PSEUDO_LABELS_REFERENCE
+from uwav.stages.evaluate import NOTHING_REFERENCE, PSEUDO_LABELS_REFERENCE, ZERO_SHOT_REFERENCE
 from uwav.stages.tables import dataset_tables
 from uwav.training.checkpoints import load_checkpoint
 from uwav.training.health import collapse_warning
@@ -108,6 +108,9 @@ def test_full_pipeline_outputs(finished_run: Path) -> None:
     assert references[NOTHING_REFERENCE] == pytest.approx(predict_nothing_scores(truth["audio"], truth["visual"]))
     assert references[NOTHING_REFERENCE] != references[PSEUDO_LABELS_REFERENCE]
     assert NOTHING_REFERENCE in report and PSEUDO_LABELS_REFERENCE in report
+    # The encoders' zero-shot per-segment labels too (the store holds the class text embeddings).
+    assert set(references) == {PSEUDO_LABELS_REFERENCE, ZERO_SHOT_REFERENCE, NOTHING_REFERENCE}
+    assert ZERO_SHOT_REFERENCE in report
     # The collapse check again on the test split, against that reference; named in the report if found.
     expected = collapse_warning(scores["seg_type"], references[NOTHING_REFERENCE]["seg_type"], "test")
     assert evaluate.metrics["health_warnings"] == ([expected] if expected else [])

@@ -39,17 +39,16 @@ from uwav.synthetic.features import (
     SyntheticFeatureSet,
     make_feature_benchmark,
 )
-from uwav.synthetic.media import (
+from uwav.synthetic.media import SynthMediaPaths, write_media_benchmark
+from uwav.synthetic.signatures import (
     CATALOGUE,
     PRETRAIN_CLASSES,
     TARGET_CLASSES,
     NoiseSettings,
-    SynthMediaPaths,
     TimedEvent,
     render_audio,
     render_audio_signature,
     render_frames,
-    write_media_benchmark,
 )
 from uwav.synthetic.synthesize import synth_main
 from uwav.features.official import RESNET_MEAN_NAME
@@ -409,6 +408,18 @@ def test_synth_cli_writes_an_ave_like_media_set(tmp_path: Path) -> None:
     assert refused.exit_code == 2 and "--target-layout" in refused.output
     with pytest.raises(ValueError, match="layouts-from"):
         synth_main("features", tmp_path / "y", layouts_from=tmp_path, target_layout="ave")
+
+
+def test_synth_cli_needs_out_for_a_benchmark_and_names_its_modes(tmp_path: Path) -> None:
+    # --out is optional only for --mode encoders (the cache folder), so the others say it is needed.
+    missing = CliRunner().invoke(app, ["synth", "--mode", "features"])
+    assert missing.exit_code == 2 and "error: --out is required with --mode features" in missing.output
+    unknown = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "x"), "--mode", "video"])
+    assert unknown.exit_code == 2 and "'media', 'features' or 'encoders'" in unknown.output
+    assert not (tmp_path / "x").exists()
+    sized = CliRunner().invoke(app, ["synth", "--mode", "encoders", "--out", str(tmp_path / "x"), "--n-train", "5"])
+    assert sized.exit_code == 2 and "--n-train: not used by --mode encoders" in sized.output
+    assert not (tmp_path / "x").exists()
 
 
 # ---------------------------------------------------------------- feature mode

@@ -206,8 +206,16 @@ def status(catalog: CatalogOption = DEFAULT_CATALOG) -> None:
 
 @app.command()
 def synth(
-    out: Annotated[Path, typer.Option(help="Folder to write the dataset into.")],
-    mode: Annotated[str, typer.Option(help="media (MP4 files + annotations) or features (per-segment vectors).")] = "media",
+    out: Annotated[
+        Path | None, typer.Option(help="Folder to write the dataset into (encoders: the cache folder, default UWAV_CACHE or ~/.cache/uwav).")
+    ] = None,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="media (MP4 files + annotations), features (per-segment vectors) or encoders (tiny CLIP and CLAP "
+            "trained on the synthetic caption corpus)."
+        ),
+    ] = "media",
     seed: int = 0,
     n_pretrain: Annotated[int | None, typer.Option(help="Pre-training videos (default: the mode's).")] = None,
     n_train: int | None = None,
@@ -216,11 +224,25 @@ def synth(
     layouts_from: Annotated[Path | None, typer.Option(help="Real LLP dense-label file to draw event layouts from (features mode).")] = None,
     target_layout: Annotated[str, typer.Option(help="llp (LLP-like events) or ave (one audio-visual event per video).")] = "llp",
 ) -> None:
-    """Write the synthetic audio-visual benchmark (deterministic by seed)."""
+    """Write the synthetic audio-visual benchmark, or train its aligned encoders (deterministic by seed)."""
+    if mode not in ("media", "features", "encoders"):
+        raise InvalidInputError(f"--mode must be 'media', 'features' or 'encoders', got {mode!r}")
+    if mode == "encoders":
+        unused = [flag for flag, value in (("--n-pretrain", n_pretrain), ("--n-train", n_train), ("--n-val", n_val),
+                                           ("--n-test", n_test), ("--layouts-from", layouts_from)) if value is not None]
+        if unused:
+            raise InvalidInputError(f"{', '.join(unused)}: not used by --mode encoders (its corpus is fixed by the seed)")
+        # Apart from synth_main, which the segment stage runs: the encoders are no part of its code.
+        from uwav.synthetic.encoders import aligned_encoders, alignment_lines
+
+        encoders = aligned_encoders(seed, cache=out, log=typer.echo)
+        for line in alignment_lines(encoders):
+            typer.echo(line)
+        return
+    if out is None:
+        raise InvalidInputError(f"--out is required with --mode {mode}")
     from uwav.synthetic.synthesize import synth_main
 
-    if mode not in ("media", "features"):
-        raise InvalidInputError(f"--mode must be 'media' or 'features', got {mode!r}")
     if target_layout not in get_args(Task):
         raise InvalidInputError(f"--target-layout must be one of {get_args(Task)}, got {target_layout!r}")
     sizes = {"--n-pretrain": n_pretrain, "--n-train": n_train, "--n-val": n_val, "--n-test": n_test}
@@ -278,8 +300,10 @@ def demo(
 ) -> None:
     """The synthetic media benchmark through the full pipeline with tiny encoders on CPU.
 
-    The table shows the trained HAN on the test split beside two references on the same videos:
-    the pseudo-labels it trained on, and predicting nothing."""
+    CLIP and CLAP are the synthetic world's own, trained on its caption corpus (first use only:
+    they are cached, `uwav synth --mode encoders`). The table shows the trained HAN on the test
+    split beside references on the same videos: the pseudo-labels it trained on, the encoders'
+    zero-shot per-segment labels, and predicting nothing."""
     import json
     import shutil
     import time
@@ -294,7 +318,7 @@ def demo(
         raise InvalidInputError(f"--out {out}: exists and is not a folder")
     started = time.perf_counter()
     grown = grow_demo(out, add) if retrain else None
-    catalog_path = grown.catalog_path if grown else write_demo_catalog(out, seed)
+    catalog_path = grown.catalog_path if grown else write_demo_catalog(out, seed, log=typer.echo)
     typer.echo(f"demo catalog: {catalog_path}")
     if prefect:
         import os

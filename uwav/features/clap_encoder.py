@@ -292,17 +292,20 @@ class ClapEncoder(TorchEncoder):
         """float32 (B, samples at `sample_rate`) -> (B, dim)."""
         return self.encode_segments(waveforms)
 
-    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
-        """Prompts -> (C, dim)."""
+    def text_tokens(self, texts: Sequence[str]) -> Any:
+        """Texts -> what the text branch reads (its tokenizer's output)."""
         texts = list(texts)
         if self.hf_tokenizer is not None:
-            tokens: Any = dict(
+            return dict(
                 self.hf_tokenizer(
                     texts, padding="max_length", truncation=True, max_length=_CLAP_CONTEXT_LENGTH, return_tensors="pt"
                 )
             )
-        else:
-            tokens = self.tokenize(texts, context_length=self.model.context_length)
+        return self.tokenize(texts, context_length=self.model.context_length)
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        """Prompts -> (C, dim)."""
+        tokens = self.text_tokens(texts)
         with self._running():
             return to_host(self.model.encode_text(tokens, device=self.device))
 

@@ -7,24 +7,23 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from uwav.catalog import Catalog
-from uwav.contracts import (
-    HAN_AUDIO_INPUT,
-    EvaluateOutputs,
-    PseudoLabelsOutputs,
-    TrainOutputs,
-)
-from uwav.errors import InvalidInputError, UwavError
-from uwav.stages.inputs import labelled_split, released_pseudo_labels, target_task
+from uwav.contracts import HAN_AUDIO_INPUT, PLG_FEATURES, AudioVisual, EvaluateOutputs, PseudoLabelsOutputs, TrainOutputs
+from uwav.errors import InvalidInputError, StageError, UwavError
+from uwav.stages.inputs import labelled_split, load_split, released_pseudo_labels, target_task, text_embeddings
 from uwav.stages.planner import StageResult, stage_record, state_dir
 from uwav.stages.tables import dataset_tables, open_store
 
 if TYPE_CHECKING:
+    import numpy as np
+    import polars as pl
+
+    from uwav.features.store import FeatureStore
     from uwav.models import HAN
     from uwav.training.data import HanFeatures, LabelledSplit
     from uwav.training.han_train import HanEvaluation
@@ -83,18 +82,25 @@ def check_model_inputs(model: HAN, features: HanFeatures, classes: Sequence[str]
 
 
 # Names of the reference rows shown beside a model's scores (report, printed tables, stage record).
-# The pseudo-labels keep only each video's true classes (its weak label), which the HAN has to find
-# by itself: the name says so, lest they read as a score the HAN should simply reach.
+# Per-segment labels kept only where each video's true classes (its weak label) allow, which the
+# HAN has to find by itself: the names say so, lest they read as scores the HAN should simply reach.
 PSEUDO_LABELS_REFERENCE = "pseudo-labels, given video labels"
 RELEASED_PSEUDO_LABELS_REFERENCE = "VALOR's released pseudo-labels, given video labels"
+ZERO_SHOT_REFERENCE = "zero-shot per-segment labels, given video labels"
 NOTHING_REFERENCE = "predict nothing"
+REFERENCES_NOTE = (
+    "rows beside the model score references on the same videos: label sets 'given video labels' keep only each "
+    "video's true classes, which the model has to find by itself (a ceiling rather than a target); the zero-shot "
+    "per-segment labels are the encoders' own class-text scores, thresholded as the generator's logits are, so the "
+    "pseudo-labels' row against theirs is what the temporal generator adds; predicting nothing is the floor"
+)
 
 
 @dataclass(frozen=True)
 class ModelEvaluation:
-    """`references`: scores on the same videos of predicting nothing and, where the pipeline has
-    made them, of the binary pseudo-labels (`reference_scores`); `health_warnings`: the collapse
-    warning when the model is at the predict-nothing level there."""
+    """`references`: scores on the same videos of predicting nothing and of the per-segment label
+    sets of `REFERENCE_LABELS` that exist for them (`reference_scores`); `health_warnings`: the
+    collapse warning when the model is at the predict-nothing level there."""
 
     scores: dict[str, float]
     references: dict[str, dict[str, float]]
@@ -104,46 +110,144 @@ class ModelEvaluation:
     excluded_videos: int
 
 
-def reference_scores(catalog: Catalog, video_ids: Sequence[str], split: LabelledSplit) -> dict[str, dict[str, float]]:
-    """What a model's scores on `split` (the videos `video_ids`) should be read against, on those
-    same videos: the binary pseudo-labels of the catalog's pseudo_labels stage, when it has run
-    and holds every one of them (what training started from; VALOR's released ones with
-    `stages.pseudo_labels.source: released`), VALOR's released pseudo-labels beside generated ones
-    where `stages.pseudo_labels.released_root` names them and they cover every video, and
-    predicting nothing (the floor)."""
+def _fit_segments(labels: np.ndarray, n_segments: int) -> np.ndarray:
+    """(N, T', C) -> (N, n_segments, C): cut, or padded with False."""
     import numpy as np
 
-    from uwav.evaluation import predict_nothing_scores, pseudo_label_quality
+    labels = labels[:, :n_segments]
+    return np.pad(labels, ((0, 0), (0, n_segments - labels.shape[1]), (0, 0)))
+
+
+def _stage_pseudo_labels(catalog: Catalog, video_ids: Sequence[str], n_segments: int) -> dict[str, np.ndarray] | None:
+    """The binary pseudo-labels of the catalog's pseudo_labels stage (what training started from),
+    when it has run and holds every one of `video_ids`."""
     from uwav.labels import read_pseudo_labels
 
-    references = {}
-    settings = catalog.stages.pseudo_labels
-    n_segments = split.gt_audio.shape[1]
-
-    def score(audio: np.ndarray, visual: np.ndarray) -> dict[str, float]:
-        """The LLP protocol on (N, T', C) labels, cut or zero-padded to the split's T segments."""
-        hard = []
-        for values in (audio, visual):
-            values = values.astype(bool)[:, :n_segments]
-            hard.append(np.pad(values, ((0, 0), (0, n_segments - values.shape[1]), (0, 0))))
-        return pseudo_label_quality(*hard, split.gt_audio, split.gt_visual)
-
-    own = PSEUDO_LABELS_REFERENCE if settings.source == "generate" else RELEASED_PSEUDO_LABELS_REFERENCE
     record = state_dir(catalog).record("pseudo_labels")
-    if record is not None:
-        folder = PseudoLabelsOutputs.of(record.outputs).pseudo_labels
-        try:
-            labels = read_pseudo_labels(folder, list(video_ids))
-        except (KeyError, UwavError) as error:  # labels from another catalog state: no reference
-            log.info("evaluate: no pseudo-label reference: %s", error)
-        else:
-            references[own] = score(labels.arrays["audio_hard"], labels.arrays["visual_hard"])
-    if settings.source == "generate" and settings.released_root is not None:
-        released = released_pseudo_labels(catalog, dataset_tables(catalog, "target"), list(video_ids))
-        if released.video_ids == list(video_ids):
-            references[RELEASED_PSEUDO_LABELS_REFERENCE] = score(released.labels.audio, released.labels.visual)
-        else:
-            log.info("evaluate: no released pseudo-label reference: %d videos lack good files", len(video_ids) - len(released.video_ids))
+    if record is None:
+        return None
+    folder = PseudoLabelsOutputs.of(record.outputs).pseudo_labels
+    try:
+        labels = read_pseudo_labels(folder, list(video_ids))
+    except (KeyError, UwavError) as error:  # labels from another catalog state: no reference
+        log.info("evaluate: no pseudo-label reference: %s", error)
+        return None
+    return {m: _fit_segments(labels.arrays[f"{m}_hard"].astype(bool), n_segments) for m in ("audio", "visual")}
+
+
+
+def pseudo_label_reference(catalog: Catalog, video_ids: Sequence[str], n_segments: int) -> dict[str, np.ndarray] | None:
+    """The generator's binary pseudo-labels the model trained from (`stages.pseudo_labels.source: generate`)."""
+    if catalog.stages.pseudo_labels.source != "generate":
+        return None
+    return _stage_pseudo_labels(catalog, video_ids, n_segments)
+
+
+def released_pseudo_label_reference(catalog: Catalog, video_ids: Sequence[str], n_segments: int) -> dict[str, np.ndarray] | None:
+    """VALOR's released binary pseudo-labels: those the model trained from (`source: released`), or,
+    beside generated ones, the files under `stages.pseudo_labels.released_root` when they cover
+    every one of `video_ids`."""
+    settings = catalog.stages.pseudo_labels
+    if settings.source == "released":
+        return _stage_pseudo_labels(catalog, video_ids, n_segments)
+    if settings.released_root is None:
+        return None
+    released = released_pseudo_labels(catalog, dataset_tables(catalog, "target"), list(video_ids))
+    if released.video_ids != list(video_ids):
+        log.info("evaluate: no released pseudo-label reference: %d videos lack good files", len(video_ids) - len(released.video_ids))
+        return None
+    return {m: _fit_segments(getattr(released.labels, m).astype(bool), n_segments) for m in ("audio", "visual")}
+
+def _zero_shot_scores(
+    store: FeatureStore, text: AudioVisual[np.ndarray], manifest: pl.DataFrame
+) -> tuple[pl.DataFrame, np.ndarray, dict[str, np.ndarray]]:
+    """The videos of `manifest` with CLIP and CLAP features (manifest order), their (N, T) valid
+    segments and (N, T, C) zero-shot scores per modality."""
+    import numpy as np
+    import polars as pl
+
+    from uwav.labels.zero_shot import zero_shot_scores
+
+    split = load_split(store, manifest, PLG_FEATURES)
+    kept = manifest.filter(pl.col("video_id").is_in(split.video_ids))  # manifest order, as load_split's
+    scores = {"audio": zero_shot_scores(split.features["clap"], text.audio),
+              "visual": zero_shot_scores(split.features["clip"], text.visual)}  # fmt: skip
+    valid = np.arange(scores["audio"].shape[1])[None, :] < split.lengths[:, None]
+    return kept, valid, scores
+
+
+def zero_shot_reference(catalog: Catalog, video_ids: Sequence[str], n_segments: int) -> dict[str, np.ndarray] | None:
+    """The encoders' zero-shot per-segment labels of `video_ids` (`uwav.labels.zero_shot`), their
+    thresholds calibrated on the calibration split as the generator's are; None where the store
+    lacks the class text embeddings, or CLIP / CLAP features of a video."""
+    import polars as pl
+
+    from uwav.labels.zero_shot import calibrate_zero_shot, zero_shot_labels
+    from uwav.workspace import dense_truth, weak_label_matrix
+
+    store = open_store(catalog)
+    tables = dataset_tables(catalog, "target")
+    settings = catalog.stages.calibrate
+    try:
+        text = text_embeddings(store, "target")
+        calibration, valid, scores = _zero_shot_scores(store, text, tables.split(settings.split))
+    except (StageError, KeyError) as error:  # no text embeddings, or no CLIP / CLAP features in the store
+        log.info("evaluate: no zero-shot reference: %s", error)
+        return None
+    if calibration.height == 0:
+        log.info("evaluate: no zero-shot reference: no %s video has CLIP and CLAP features", settings.split)
+        return None
+    truth = dense_truth(tables, calibration["video_id"].to_list(), valid.shape[1]) if settings.method != "quantile" else None
+    thresholds = calibrate_zero_shot(
+        scores, weak_label_matrix(calibration, tables.classes), valid, tables.classes, dense_truth=truth,
+        method=settings.method, quantile=settings.quantile,
+    )
+    evaluated = pl.DataFrame({"video_id": list(video_ids)}).join(tables.manifest, on="video_id", how="left", maintain_order="left")
+    kept, valid, scores = _zero_shot_scores(store, text, evaluated)
+    if kept["video_id"].to_list() != list(video_ids):
+        log.info("evaluate: no zero-shot reference: some evaluated videos lack CLIP or CLAP features")
+        return None
+    labels = zero_shot_labels(scores, thresholds, weak_label_matrix(kept, tables.classes), valid)
+    return {m: _fit_segments(labels[m], n_segments) for m in ("audio", "visual")}
+
+
+def segment_zero_shot_accuracy(catalog: Catalog, split_name: str) -> dict[str, float]:
+    """How well the catalog's CLIP ('clip') and CLAP ('clap') classify, zero-shot, the segments of
+    a split's densely labelled target videos that show (CLIP) or sound (CLAP) exactly one class:
+    the share whose best-scoring class prompt names it (`uwav.labels.zero_shot.top1_accuracy`)."""
+    from uwav.labels.zero_shot import top1_accuracy
+    from uwav.workspace import dense_truth
+
+    store = open_store(catalog)
+    tables = dataset_tables(catalog, "target")
+    kept, valid, scores = _zero_shot_scores(store, text_embeddings(store, "target"), tables.split(split_name))
+    truth = dense_truth(tables, kept["video_id"].to_list(), valid.shape[1])
+    if truth is None:
+        raise StageError(f"zero-shot accuracy: no {split_name} video of {tables.name!r} has dense labels and CLIP / CLAP features")
+    return {feature: top1_accuracy(scores[m], truth[m], valid) for feature, m in (("clip", "visual"), ("clap", "audio"))}
+
+
+# Per-segment label sets scored beside a model, by reference name: each gives (N, T, C) bool
+# labels per modality for the evaluated videos, or None where it has none for them.
+REFERENCE_LABELS: dict[str, Callable[[Catalog, Sequence[str], int], dict[str, np.ndarray] | None]] = {
+    PSEUDO_LABELS_REFERENCE: pseudo_label_reference,
+    RELEASED_PSEUDO_LABELS_REFERENCE: released_pseudo_label_reference,
+    ZERO_SHOT_REFERENCE: zero_shot_reference,
+}
+
+
+def reference_scores(catalog: Catalog, video_ids: Sequence[str], split: LabelledSplit) -> dict[str, dict[str, float]]:
+    """What a model's scores on `split` (the videos `video_ids`) should be read against, on those
+    same videos: every label set of `REFERENCE_LABELS` that exists for them, and predicting
+    nothing (the floor)."""
+    from uwav.evaluation import predict_nothing_scores, pseudo_label_quality
+
+    references = {}
+    n_segments = split.gt_audio.shape[1]
+    for name, labels_of in REFERENCE_LABELS.items():
+        labels = labels_of(catalog, video_ids, n_segments)
+        if labels is not None:
+            references[name] = pseudo_label_quality(labels["audio"], labels["visual"], split.gt_audio, split.gt_visual)
     references[NOTHING_REFERENCE] = predict_nothing_scores(split.gt_audio, split.gt_visual)
     return references
 
@@ -190,7 +294,8 @@ def evaluate_model(
         catalog, out_dir, timelines, tables, split.video_ids, labelled, evaluation, references, history,
         pseudo_label_quality,
         [f"catalog: {catalog.base_dir}", f"model: {source}", *notes,
-         *([f"health warning: {collapse}"] if collapse else []), f"{len(split.video_ids)} evaluated videos"],
+         *([f"health warning: {collapse}"] if collapse else []), f"{len(split.video_ids)} evaluated videos",
+         REFERENCES_NOTE],
     )
     return ModelEvaluation(
         evaluation.scores, references, [collapse] if collapse else [],

@@ -48,6 +48,7 @@ from threadpoolctl import threadpool_limits
 from uwav.atomic import atomic_dir
 from uwav.contracts import MANIFEST_SCHEMA, MODALITIES, validate_manifest
 from uwav.datasets.llp import LLP_CLASSES, read_llp
+from uwav.errors import InvalidInputError, MissingInputError
 from uwav.synthetic.layouts import (
     LLP_LIKE,
     UNAV_LIKE,
@@ -65,7 +66,6 @@ from uwav.synthetic.layouts import (
     video_uniforms,
     weak_label_lists,
 )
-from uwav.errors import InvalidInputError, MissingInputError
 
 FORMAT_VERSION = 1
 DATASET_NAME = "synthetic"

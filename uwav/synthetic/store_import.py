@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from uwav.contracts import text_embedding_name
-from uwav.synthetic.layouts import stable_hash
-from uwav.synthetic.features import SyntheticFeatureBenchmark, SyntheticFeatureSet
 from uwav.features.official import RESNET_MEAN_NAME
 from uwav.features.store import FeatureStore
+from uwav.synthetic.features import SyntheticFeatureBenchmark, SyntheticFeatureSet
+from uwav.synthetic.layouts import stable_hash
 
 
 def _write_videos(

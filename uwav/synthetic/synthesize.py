@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Literal
 
 from uwav.catalog import Task
-from uwav.synthetic.layouts import TARGET_LAYOUTS
 from uwav.errors import InvalidInputError
+from uwav.synthetic.layouts import TARGET_LAYOUTS
 
 
 def synth_main(
