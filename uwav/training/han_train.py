@@ -26,7 +26,7 @@ import torch
 
 from uwav.catalog import Precision, Task, TrainSettings
 from uwav.contracts import AudioVisual, Decision
-from uwav.devices import autocast
+from uwav.devices import autocast, resolve_device
 from uwav.errors import InvalidInputError
 from uwav.evaluation.protocol import ave_accuracy, avvp_scores, decide, passes
 from uwav.models.han import AUDIO, HAN, VISUAL
@@ -37,7 +37,6 @@ from uwav.training.loops import (
     EpochCallback,
     TrainingRun,
     epoch_bar,
-    resolve_device,
     seeded,
     settings_for_meta,
 )

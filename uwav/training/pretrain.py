@@ -24,7 +24,7 @@ from torch import Tensor
 
 from uwav.catalog import Precision, PretrainSettings
 from uwav.contracts import AudioVisual
-from uwav.devices import autocast
+from uwav.devices import autocast, resolve_device
 from uwav.errors import InvalidInputError
 from uwav.models.plg import AudioVisualPLG
 from uwav.evaluation.protocol import avvp_scores
@@ -35,7 +35,6 @@ from uwav.training.loops import (
     EpochCallback,
     TrainingRun,
     epoch_bar,
-    resolve_device,
     seeded,
     settings_for_meta,
 )
