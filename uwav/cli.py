@@ -158,7 +158,7 @@ def release_fetch(
     from uwav.releases import elsewhere, fetch_release
 
     def report(done: Fetched) -> None:
-        typer.echo(f"{done.file.source}  {_size(done.size)}  -> {done.target}  ({done.state}, {done.files} files)")
+        typer.echo(f"{done.file.source}  {_size(done.size)}  -> {done.target}  ({done.state}, {done.files} file{'' if done.files == 1 else 's'})")
 
     fetch_release(name, out, report)
     typer.echo("not on the hub, to fetch by hand:")
