@@ -20,6 +20,8 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"  # Prefect's client-side telemetry switch
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ["UWAV_NO_PROGRESS"] = "1"
+# The aligned tiny encoders a demo catalog makes on first use go to a throwaway cache, never the user's.
+os.environ["UWAV_CACHE"] = tempfile.mkdtemp(prefix="uwav-cache-")
 
 # Prefect's temporary servers (the session's shared one below, and each child process's own) start
 # in 10-25 s on a loaded 2-core CI machine; Prefect's 20 s default fails there. Set through the
