@@ -12,13 +12,10 @@ import logging
 import httpx
 from websockets.exceptions import ConnectionClosed
 
+from uwav.errors import error_line
+
 # What a vanished server raises (a refused or reset connection, a closed websocket).
 CONNECTION_ERRORS = (httpx.TransportError, ConnectionClosed, OSError)
-
-
-def one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 class ConnectionErrorOnOneLine(logging.Filter):
@@ -28,7 +25,7 @@ class ConnectionErrorOnOneLine(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         if isinstance(error, CONNECTION_ERRORS):
-            record.msg, record.args = f"{record.getMessage()} ({one_line(error)})", None
+            record.msg, record.args = f"{record.getMessage()} ({error_line(error)})", None
             record.exc_info, record.exc_text = None, None
         return True
 

@@ -41,10 +41,10 @@ from prefect.logging import get_logger
 from prefect.runner import Runner
 from prefect.settings import get_current_settings
 
-from flows.connection_errors import CONNECTION_ERRORS, connection_errors_on_one_line, one_line
+from flows.connection_errors import CONNECTION_ERRORS, connection_errors_on_one_line
 from flows.pipeline import uwav_flow
 from uwav.catalog import load_catalog
-from uwav.errors import UwavError
+from uwav.errors import UwavError, error_line
 from uwav.stages import STAGES
 
 STAGE_DEPLOYMENTS: dict[str, str] = {stage.replace("_", "-"): stage for stage in STAGES}
@@ -133,14 +133,14 @@ async def _serve(deployments: list[RunnerDeployment], *, limit: int | None, api_
             serving.cancel()
         await asyncio.wait({serving})
         if not serving.cancelled() and serving.exception() is not None:
-            logger.warning("The runner's shutdown failed: %s", one_line(_first_leaf(serving.exception())))
+            logger.warning("The runner's shutdown failed: %s", error_line(_first_leaf(serving.exception())))
         return
     if watchdog.done():
         _exit_now(1, watchdog.result())
     # The runner ended by itself: its poll loop gives up after three failed polls, and its teardown
     # has paused the schedules and stopped the flow runs. A fresh `uwav serve` starts over.
     error = serving.exception() if not serving.cancelled() else None
-    _exit_now(1, f"the Prefect runner stopped: {one_line(_first_leaf(error)) if error else 'no reason given'}")
+    _exit_now(1, f"the Prefect runner stopped: {error_line(_first_leaf(error)) if error else 'no reason given'}")
 
 
 async def _register(runner: Runner, deployments: list[RunnerDeployment]) -> None:
@@ -148,7 +148,7 @@ async def _register(runner: Runner, deployments: list[RunnerDeployment]) -> None
         for deployment in deployments:
             await runner.aadd_deployment(deployment)
     except CONNECTION_ERRORS as error:
-        raise PrefectApiError(f"cannot reach the Prefect API at {_api_url()}: {one_line(error)}") from None
+        raise PrefectApiError(f"cannot reach the Prefect API at {_api_url()}: {error_line(error)}") from None
     names = ", ".join(f"uwav/{deployment.name}" for deployment in deployments)
     logger.info("Serving %s from %s; stop with SIGTERM or Ctrl-C", names, _api_url())
 
@@ -191,7 +191,7 @@ async def _api_error() -> str | None:
             error = await asyncio.wait_for(client.api_healthcheck(), API_PROBE_TIMEOUT_S)
     except TimeoutError:
         return f"no answer within {API_PROBE_TIMEOUT_S:g} s"
-    return None if error is None else one_line(error)
+    return None if error is None else error_line(error)
 
 
 def _api_url() -> str:

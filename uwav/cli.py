@@ -103,14 +103,12 @@ def _check_weights(loaded: Catalog) -> int:
     """Print each published weights file the catalog's encoders need: in the cache, or not (then
     downloaded on first use, or missing when downloads are off). Returns how many are missing."""
     from uwav.features.encoders import encoder_weight_files
-    from uwav.features.weights import HubFile
-    from uwav.hub import offline_reason
 
     missing = 0
     for key, files in encoder_weight_files(loaded.encoders, loaded.used_encoders()).items():
         for file in files:
             path = file.cached()
-            offline = offline_reason(hub=isinstance(file, HubFile))
+            offline = file.offline_reason()
             status = "ok" if path else ("missing" if offline else "will download")
             missing += path is None and offline is not None
             typer.echo(f"  {status:>15}  encoders.{key} weights {file.source} = {path or file.cache_folder()}")

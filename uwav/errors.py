@@ -11,6 +11,12 @@ are here because many modules raise them.
 from __future__ import annotations
 
 
+def error_line(error: BaseException) -> str:
+    """An error as one line: its type, then its message with every run of whitespace one space."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 class UwavError(Exception):
     """A user-caused failure; the message names the file, key or video at fault."""
 

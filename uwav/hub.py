@@ -41,6 +41,11 @@ def offline_reason(*, hub: bool) -> str | None:
     return next((f"{name}=1" for name in names if env_flag(name)), None)
 
 
+def hub_source(repo_id: str, names: str, repo_type: str = "model") -> str:
+    """A hub file as messages name it: `hf://[datasets/]ORG/REPO/NAME`."""
+    return f"hf://{'datasets/' if repo_type == 'dataset' else ''}{repo_id}/{names}"
+
+
 def hub_endpoint() -> str:
     """`HF_ENDPOINT` (a mirror of the hub) or huggingface.co."""
     return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")

@@ -33,7 +33,8 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 from uwav.atomic import atomic_dir, write_text_atomic
-from uwav.hub import DownloadError, content_matches, hub_endpoint, offline_reason
+from uwav.errors import error_line
+from uwav.hub import DownloadError, content_matches, hub_endpoint, hub_source, offline_reason
 
 MARKER = ".uwav-release.json"
 DOWNLOADS = ".uwav-downloads"
@@ -57,7 +58,7 @@ class ReleaseFile:
 
     @property
     def source(self) -> str:
-        return f"hf://{'datasets/' if self.repo_type == 'dataset' else ''}{self.repo_id}/{self.filename}"
+        return hub_source(self.repo_id, self.filename, self.repo_type)
 
 
 _UWAV_FEATURES = "NTUBarista/uwav_features"
@@ -117,10 +118,6 @@ class Fetched:
     state: str
 
 
-def _one_line(error: BaseException) -> str:
-    return f"{type(error).__name__}: {' '.join(str(error).split())}"
-
-
 def _read_marker(out: Path) -> dict[str, dict]:
     path = out / MARKER
     return json.loads(path.read_text())["files"] if path.is_file() else {}
@@ -137,7 +134,7 @@ def _download(item: ReleaseFile, downloads: Path) -> tuple[Path, str, int]:
     try:
         metadata = get_hf_file_metadata(url, endpoint=endpoint)
     except Exception as error:  # unreachable hub, missing file, HTTP errors: the cause is what the user needs
-        raise DownloadError(f"{item.source}: cannot get its metadata from {url}: {_one_line(error)}") from error
+        raise DownloadError(f"{item.source}: cannot get its metadata from {url}: {error_line(error)}") from error
     if not metadata.etag or metadata.size is None:
         raise DownloadError(f"{item.source}: {url} answers without a content hash or size (ETag, Content-Length)")
     name = item.filename.replace("/", "__")
@@ -158,7 +155,7 @@ def _download(item: ReleaseFile, downloads: Path) -> tuple[Path, str, int]:
     except Exception as error:
         raise DownloadError(
             f"{item.source}: the download stopped at {partial.stat().st_size} of {metadata.size} bytes "
-            f"({_one_line(error)}); run the command again to resume it"
+            f"({error_line(error)}); run the command again to resume it"
         ) from error
     if content_matches(partial, metadata.etag) is False:
         partial.unlink()

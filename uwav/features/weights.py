@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from uwav.errors import error_line
 from uwav.features.encoder_base import EncoderError, file_digest
-from uwav.hub import content_matches, hub_cache_dir, hub_endpoint, offline_reason
+from uwav.hub import content_matches, hub_cache_dir, hub_endpoint, hub_source, offline_reason
 
 MIRROR_ENV = "UWAV_WEIGHTS_MIRROR"
 FETCH_COMMAND = "uwav weights fetch -c CATALOG"
@@ -45,57 +46,53 @@ def weights_mirror(setting: str | None) -> str | None:
     return os.environ.get(MIRROR_ENV) or setting
 
 
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
 @dataclass(frozen=True)
 class HubFile:
-    """The first of `filenames` that the Hugging Face repository `repo_id` has (open_clip's
+    """The first of `filenames` that the Hugging Face model repository `repo_id` has (open_clip's
     weights come as safetensors or as a torch pickle)."""
 
     repo_id: str
     filenames: tuple[str, ...]
-    repo_type: str = "model"
 
     @property
     def source(self) -> str:
         names = self.filenames[0] if len(self.filenames) == 1 else "{" + ",".join(self.filenames) + "}"
-        return f"hf://{'datasets/' if self.repo_type == 'dataset' else ''}{self.repo_id}/{names}"
+        return hub_source(self.repo_id, names)
 
     def cache_folder(self) -> Path:
         from huggingface_hub.file_download import repo_folder_name
 
-        return hub_cache_dir() / repo_folder_name(repo_id=self.repo_id, repo_type=self.repo_type)
+        return hub_cache_dir() / repo_folder_name(repo_id=self.repo_id, repo_type="model")
+
+    def offline_reason(self) -> str | None:
+        return offline_reason(hub=True)
 
     def cached(self) -> Path | None:
         from huggingface_hub import try_to_load_from_cache
 
         for name in self.filenames:
-            found = try_to_load_from_cache(self.repo_id, name, cache_dir=hub_cache_dir(), repo_type=self.repo_type)
+            found = try_to_load_from_cache(self.repo_id, name, cache_dir=hub_cache_dir())
             if isinstance(found, str):  # not None, nor the marker of a file the repository lacks
                 return Path(found)
         return None
 
-    def download(self, what: str) -> Path:
-        """Through huggingface_hub into its cache (from `HF_ENDPOINT`, the hub's own mirror setting)."""
+    def download(self, what: str, mirror: str | None) -> Path:
+        """Through huggingface_hub into its cache (from `HF_ENDPOINT`, the hub's own mirror setting,
+        not `mirror`, which serves URL files)."""
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import RemoteEntryNotFoundError
 
         for name in self.filenames:
             try:
                 path = Path(
-                    hf_hub_download(
-                        self.repo_id, name, repo_type=self.repo_type, cache_dir=hub_cache_dir(), endpoint=hub_endpoint()
-                    )
+                    hf_hub_download(self.repo_id, name, cache_dir=hub_cache_dir(), endpoint=hub_endpoint())
                 )
             except RemoteEntryNotFoundError:
                 continue  # the repository has no such file: try the next name
             except Exception as error:  # network, HTTP and disk failures alike: the user needs the cause
                 raise WeightsError(
                     f"{what}: cannot download {self.source} from {hub_endpoint()} into {self.cache_folder()}: "
-                    f"{_one_line(error)}"
+                    f"{error_line(error)}"
                 ) from error
             blob = path.resolve()
             if content_matches(blob, blob.name) is False:  # the blob is named by the hub's content hash
@@ -150,6 +147,9 @@ class UrlFile:
         path = self.cache_folder() / self.name
         return path if path.is_file() else None
 
+    def offline_reason(self) -> str | None:
+        return offline_reason(hub=False)
+
     def download(self, what: str, mirror: str | None) -> Path:
         """Through torch.hub, from `mirror` when given, refused unless the content has the name's hash."""
         import torch.hub
@@ -160,7 +160,7 @@ class UrlFile:
         try:
             torch.hub.download_url_to_file(url, str(path), hash_prefix=self.hash_prefix, progress=True)
         except Exception as error:  # HTTP errors, a wrong hash (RuntimeError), disk failures
-            raise WeightsError(f"{what}: cannot download {url} into {path}: {_one_line(error)}") from error
+            raise WeightsError(f"{what}: cannot download {url} into {path}: {error_line(error)}") from error
         return path
 
     def identity(self, path: Path) -> str:
@@ -192,13 +192,13 @@ def fetch_weights(files: Sequence[WeightFile], *, what: str, mirror: str | None)
     for file in files:
         path = file.cached()
         if path is None:
-            reason = offline_reason(hub=isinstance(file, HubFile))
+            reason = file.offline_reason()
             if reason is not None:
                 raise WeightsError(
                     f"{what}: weights file {file.source} is not in the cache {file.cache_folder()} and {reason} "
                     f"forbids downloading it; run `{FETCH_COMMAND}` on a machine with network and copy its cache here"
                 )
-            path = file.download(what, mirror) if isinstance(file, UrlFile) else file.download(what)
+            path = file.download(what, mirror)
         found.append(LocalWeights(file, path))
     return found
 
