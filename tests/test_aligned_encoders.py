@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from uwav.caching import code_files
 from uwav.catalog import EncoderConfig, load_catalog
 from uwav.features.clap_encoder import build_clap_encoder
 from uwav.features.encoder_base import file_digest
@@ -137,6 +138,21 @@ def test_encoders_are_cached_by_recipe_and_seed(trained: AlignedEncoders, cache:
     lines = alignment_lines(trained)
     assert lines[0].startswith(f"aligned CLIP ({CLIP_CONFIG}, seed 3): zero-shot accuracy ")
     assert lines[1].startswith(f"aligned CLAP ({CLAP_CONFIG}, seed 3): zero-shot accuracy ")
+
+
+def test_the_cache_key_covers_every_module_the_training_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hand-kept list of files once keyed the weights and missed the corpus's seeding
+    (synthetic/layouts.py) and the caption prompts (features/extract.py): editing them reused stale
+    weights. The key now takes the code fingerprint of everything this module imports."""
+    trained_code = set(code_files("synthetic/encoders.py"))
+    assert {"synthetic/layouts.py", "features/extract.py", "synthetic/corpus.py", "features/clap_encoder.py"} <= trained_code
+    import uwav.synthetic.encoders as encoders
+
+    keys = set()
+    for code in ("one", "another"):
+        monkeypatch.setattr(encoders, "code_fingerprint", lambda module, code=code: f"{module}:{code}")
+        keys.add(encoder_cache_key(TEST_RECIPE, 3))
+    assert len(keys) == 2
 
 
 def test_weights_load_as_checkpoints_identified_by_content(trained: AlignedEncoders) -> None:

@@ -1,7 +1,8 @@
 """Stage completion records and the run lock (ARCHITECTURE.md, "Caching and resumption").
 
 A stage's fingerprint (`uwav.stages.planner`) hashes its settings, the fingerprints of its inputs
-and the source of the code it runs. Outputs of a stage live under `runs/<stage>/<fingerprint>/`; the record
+and the source of the code it runs (`code_files`: a module and the uwav modules it imports, which
+also key other caches of computed results, such as the synthetic world's trained encoders). Outputs of a stage live under `runs/<stage>/<fingerprint>/`; the record
 `runs/state/<stage>.json` names the fingerprint whose outputs are current and is written last,
 through a temporary file and a rename, so a crash never leaves a record pointing at half-written
 outputs. An unchanged fingerprint with a record means the stage is skipped, in Prefect and
@@ -10,6 +11,7 @@ through `uwav run` alike.
 
 from __future__ import annotations
 
+import ast
 import fcntl
 import hashlib
 import json
@@ -17,6 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,84 @@ def file_fingerprint(path: str | Path) -> str:
         with file.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+
+# Modules that cannot change a computed result, left out of code fingerprints: the catalog's
+# effect reaches a stage only through the setting values (fingerprinted as values), and the
+# rest is bookkeeping around the computation (errors, records, how files are written, the planner).
+NOT_STAGE_CODE: frozenset[str] = frozenset(
+    {"catalog.py", "recipes.py", "errors.py", "caching.py", "atomic.py", "stages/__init__.py", "stages/planner.py"}
+)
+
+
+def _module_file(root: Path, dotted: str) -> str | None:
+    """Package-relative source file of a uwav module ('uwav.training.losses' -> 'training/losses.py')."""
+    parts = dotted.split(".")[1:]
+    if not parts:
+        return "__init__.py"
+    for candidate in ("/".join(parts) + ".py", "/".join(parts) + "/__init__.py"):
+        if (root / candidate).is_file():
+            return candidate
+    return None
+
+
+@lru_cache(maxsize=1024)
+def _imported_files(root: Path, relative: str) -> frozenset[str]:
+    """uwav modules that a source file imports, at module level or inside functions.
+
+    `from uwav.a import b` counts `a/b.py` when b is a module, else `a/__init__.py` (whose own
+    imports are then followed); `import uwav.a.b` counts `a/b.py` alone."""
+    package = ["uwav", *Path(relative).parent.parts]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse((root / relative).read_text(), relative)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names if alias.name.split(".")[0] == "uwav"]
+            found.update(filter(None, (_module_file(root, name) for name in names)))
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join([*package[: len(package) - node.level + 1], *([base] if base else [])])
+            if base.split(".")[0] != "uwav":
+                continue
+            for alias in node.names:
+                submodule = _module_file(root, f"{base}.{alias.name}")
+                parent = _module_file(root, base)
+                found.update(filter(None, (submodule if submodule is not None else parent,)))
+    return frozenset(found)
+
+
+@lru_cache(maxsize=64)
+def code_files(module: str, root: Path = PACKAGE_ROOT) -> tuple[str, ...]:
+    """Package-relative files of the code `module` (a package-relative path) runs: the module, the
+    uwav modules it imports (transitively, less NOT_STAGE_CODE), and the data files (JSON) in the
+    subfolders those modules name in their source (`features/encoders.py` reads `model_configs/*.json`)."""
+    pending, seen = [module], set()
+    while pending:
+        current = pending.pop()
+        if current in seen or current in NOT_STAGE_CODE:
+            continue
+        seen.add(current)
+        pending.extend(_imported_files(root, current))
+    data = {
+        str(path.relative_to(root))
+        for module in seen
+        for folder in (root / module).parent.iterdir()
+        if folder.is_dir() and f"{folder.name}/" in (root / module).read_text()
+        for path in folder.rglob("*.json")
+    }
+    return tuple(sorted(seen | data))
+
+
+@lru_cache(maxsize=64)
+def code_fingerprint(module: str, root: Path = PACKAGE_ROOT) -> str:
+    """Hash of the names and contents of `code_files(module)`."""
+    digest = hashlib.sha256()
+    for relative in code_files(module, root):
+        digest.update(relative.encode())
+        digest.update((root / relative).read_bytes())
     return digest.hexdigest()[:16]
 
 

@@ -15,21 +15,21 @@ anything, and the Prefect flows (`flows/`) use the same fingerprint as their tas
 
 from __future__ import annotations
 
-import ast
-import hashlib
 import importlib
 import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 from uwav.caching import (
+    PACKAGE_ROOT,
     StageRecord,
     StateDir,
+    code_files,
+    code_fingerprint,
     file_fingerprint,
     stable_json,
     text_fingerprint,
@@ -86,14 +86,6 @@ def _check_used(catalog: Catalog, stage: str) -> str:
     return stage
 
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-
-# Modules that cannot change a stage's result, left out of code fingerprints: the catalog's
-# effect reaches a stage only through the setting values (fingerprinted as values), and the
-# rest is bookkeeping around the stage (errors, records, how files are written, this planner).
-NOT_STAGE_CODE: frozenset[str] = frozenset(
-    {"catalog.py", "recipes.py", "errors.py", "caching.py", "atomic.py", "stages/__init__.py", "stages/planner.py"}
-)
 
 
 @dataclass(frozen=True)
@@ -122,71 +114,13 @@ def check_stage(stage: str) -> str:
 # ---------------------------------------------------------------- the code a stage runs
 
 
-def _module_file(root: Path, dotted: str) -> str | None:
-    """Package-relative source file of a uwav module ('uwav.training.losses' -> 'training/losses.py')."""
-    parts = dotted.split(".")[1:]
-    if not parts:
-        return "__init__.py"
-    for candidate in ("/".join(parts) + ".py", "/".join(parts) + "/__init__.py"):
-        if (root / candidate).is_file():
-            return candidate
-    return None
-
-
-@lru_cache(maxsize=1024)
-def _imported_files(root: Path, relative: str) -> frozenset[str]:
-    """uwav modules that a source file imports, at module level or inside functions.
-
-    `from uwav.a import b` counts `a/b.py` when b is a module, else `a/__init__.py` (whose own
-    imports are then followed); `import uwav.a.b` counts `a/b.py` alone."""
-    package = ["uwav", *Path(relative).parent.parts]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse((root / relative).read_text(), relative)):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names if alias.name.split(".")[0] == "uwav"]
-            found.update(filter(None, (_module_file(root, name) for name in names)))
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                base = ".".join([*package[: len(package) - node.level + 1], *([base] if base else [])])
-            if base.split(".")[0] != "uwav":
-                continue
-            for alias in node.names:
-                submodule = _module_file(root, f"{base}.{alias.name}")
-                parent = _module_file(root, base)
-                found.update(filter(None, (submodule if submodule is not None else parent,)))
-    return frozenset(found)
-
-
-@lru_cache(maxsize=32)
 def stage_code_files(stage: str, root: Path = PACKAGE_ROOT) -> tuple[str, ...]:
-    """Package-relative files of the code `stage` runs: its module, the uwav modules it imports
-    (transitively), and the data files (JSON) in the subfolders those modules name in their source
-    (`features/encoders.py` reads `model_configs/*.json`)."""
-    pending, seen = [f"stages/{check_stage(stage)}.py"], set()
-    while pending:
-        current = pending.pop()
-        if current in seen or current in NOT_STAGE_CODE:
-            continue
-        seen.add(current)
-        pending.extend(_imported_files(root, current))
-    data = {
-        str(path.relative_to(root))
-        for module in seen
-        for folder in (root / module).parent.iterdir()
-        if folder.is_dir() and f"{folder.name}/" in (root / module).read_text()
-        for path in folder.rglob("*.json")
-    }
-    return tuple(sorted(seen | data))
+    """Package-relative files of the code `stage` runs (`uwav.caching.code_files` of its module)."""
+    return code_files(f"stages/{check_stage(stage)}.py", root)
 
 
-@lru_cache(maxsize=32)
 def stage_code_fingerprint(stage: str, root: Path = PACKAGE_ROOT) -> str:
-    digest = hashlib.sha256()
-    for relative in stage_code_files(stage, root):
-        digest.update(relative.encode())
-        digest.update((root / relative).read_bytes())
-    return digest.hexdigest()[:16]
+    return code_fingerprint(f"stages/{check_stage(stage)}.py", root)
 
 
 # ---------------------------------------------------------------- settings and fingerprints

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uwav.atomic import atomic_dir
+from uwav.caching import code_fingerprint
 from uwav.catalog import EncoderConfig, FeaturesSettings
 from uwav.features.clap_encoder import ClapEncoder, build_clap_encoder
 from uwav.features.encoders import ClipEncoder, build_clip_encoder
@@ -272,13 +273,9 @@ def _prompt(tower: Tower) -> str:
 # ---------------------------------------------------------------- training both, cached
 
 
-# The code the weights depend on besides the model configs and the libraries (`encoder_cache_key`).
-_TRAINING_CODE = ("synthetic/signatures.py", "synthetic/corpus.py", "synthetic/encoders.py",
-                  "features/encoders.py", "features/clap_encoder.py", "features/encoder_base.py")  # fmt: skip
-_PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-
-
 def encoder_cache_key(recipe: EncoderRecipe, seed: int) -> str:
+    """The recipe, seed, model configs, library versions and the code this module runs (itself and
+    every uwav module it imports, as a stage's code fingerprint counts them)."""
     from uwav.features.configs import shipped_model_config
 
     digest = hashlib.sha256()
@@ -287,10 +284,9 @@ def encoder_cache_key(recipe: EncoderRecipe, seed: int) -> str:
         "seed": seed,
         "model_configs": [shipped_model_config(recipe.clip_config), shipped_model_config(recipe.clap_config)],
         "versions": {name: version(name) for name in ("torch", "open_clip_torch", "laion_clap", "numpy")},
+        "code": code_fingerprint("synthetic/encoders.py"),
     }
     digest.update(json.dumps(identity, sort_keys=True).encode())
-    for relative in _TRAINING_CODE:
-        digest.update((_PACKAGE_ROOT / relative).read_bytes())
     return digest.hexdigest()[:16]
 
 
