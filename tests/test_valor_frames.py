@@ -290,3 +290,22 @@ def test_audio_track_is_what_librosa_load_reads_from_the_video() -> None:
         floats = np.concatenate([frame.to_ndarray() for frame in container.decode(audio=0)], axis=1)
     unquantised = librosa.resample(floats.mean(axis=0), orig_sr=rate, target_sr=48000, res_type="soxr_hq")
     assert np.abs(floats).max() > 1 and np.abs(unquantised - decoded.audio_track).max() > 1e-2
+
+
+@needs_llp_video
+def test_the_audio_track_alone_resamples_only_the_track(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asking for the track without segment audio (VALOR++'s inputs) once also resampled the whole
+    track into segment rows that were thrown away."""
+    from uwav.media import decode
+
+    resampled: list[int] = []
+    resample = decode.soxr.resample
+
+    def counted(samples: np.ndarray, *args: object, **kwargs: object) -> np.ndarray:
+        resampled.append(samples.size)
+        return resample(samples, *args, **kwargs)
+
+    monkeypatch.setattr(decode.soxr, "resample", counted)
+    decoded = decode_segments(LLP_VIDEO, 48000, centre=False, clip=False, audio=False, audio_track=True)
+    assert decoded.audio is None and decoded.audio_missing_reason is None and decoded.audio_track is not None
+    assert len(resampled) == 1  # 44.1 kHz -> 48 kHz, the track's

@@ -491,9 +491,10 @@ def decode_segments(
         container = _open_container(path, stack)
         video = _video_stream(container, name)
         video.thread_type = "AUTO"  # frame + slice threads: decoding every frame is the main cost
-        wanted_rates = ((audio_rate, audio or audio_track), (AUDIO_16K_RATE, audio_16k))
-        rates = list(dict.fromkeys(rate for rate, wanted in wanted_rates if wanted))
-        audio_stream = container.streams.audio[0] if rates and container.streams.audio else None
+        # Segment rows only at the rates asked for: the whole track (`audio_track`) is resampled on its own.
+        rates = list(dict.fromkeys(rate for rate, wanted in ((audio_rate, audio), (AUDIO_16K_RATE, audio_16k)) if wanted))
+        wants_audio = bool(rates) or audio_track
+        audio_stream = container.streams.audio[0] if wants_audio and container.streams.audio else None
         header_duration = _header_duration(container, video)
         origin_s = _video_origin(video)
         selector = _FrameSelector(name, centre, clip, images, max_side)
@@ -537,7 +538,7 @@ def decode_segments(
 
         audio_rows: dict[int, np.ndarray] = {}
         audio_missing = None
-        if rates and collector is None:
+        if wants_audio and collector is None:
             audio_missing = "no audio stream; audio features missing"
         elif collector is not None:
             found, audio_missing = collector.segments(origin_s or 0.0, n_segments, rates)
