@@ -194,6 +194,27 @@ def test_htsat_maps_of_padded_videos_are_resampled_to_their_own_segments() -> No
     assert not torch.allclose(unmasked.segment_prob[:, :6, 0], short.segment_prob[:, :, 0], atol=1e-3)
 
 
+def test_htsat_maps_of_mixed_lengths_resample_without_reading_lengths_on_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each video's resampling is picked by its length on the maps' device: reading the lengths
+    back (`tolist`, `item`: a host sync per training step on a GPU) is what the HAN once did."""
+    model = maps_han()
+    maps = torch.randn(3, 64, 12)
+    _, frames, visual3d = han_inputs(batch=3, segments=10)
+    mask = torch.zeros(3, 10, dtype=torch.bool)
+    mask[1, 7:], mask[2, 4:] = True, True
+    with torch.no_grad():
+        alone = [model(maps[i : i + 1], frames[i : i + 1, :n], visual3d[i : i + 1, :n]) for i, n in enumerate((10, 7, 4))]
+
+        def no_host_read(*args: object, **kwargs: object) -> None:
+            raise AssertionError("a tensor was read back to the host")
+
+        monkeypatch.setattr(torch.Tensor, "tolist", no_host_read)
+        monkeypatch.setattr(torch.Tensor, "item", no_host_read)
+        batched = model(maps, frames, visual3d, padding_mask=mask)
+    for i, n in enumerate((10, 7, 4)):
+        torch.testing.assert_close(batched.segment_prob[i : i + 1, :n], alone[i].segment_prob, atol=1e-5, rtol=1e-5)
+
+
 def test_htsat_map_statistics_count_every_token() -> None:
     """`standardize` on maps: the audio statistics are over every token of every map (a map has no
     padding), the visual ones over the real segments."""

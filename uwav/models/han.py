@@ -81,38 +81,44 @@ HAN_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _map_resampling(length: int, n_segments: int) -> Tensor:
+def htsat_map_resampling(length: int, n_segments: int) -> Tensor:
+    """(n_segments, HTSAT_MAP_STEPS) float64: row t < `length` is segment t of VALOR's map-to-segments
+    path pooled to `length` segments, without `fc_a` (module docstring); rows from `length` on are 0.
+
+    Obtained by running VALOR's operations on the identity: basis map s is one at token s and zero
+    elsewhere, which VALOR's `view` puts at band s // 32, time step s % 32.
+    """
     basis = torch.eye(HTSAT_MAP_STEPS, dtype=torch.float64).reshape(1, HTSAT_MAP_STEPS, HTSAT_BANDS, HTSAT_TIME_STEPS)
     upsampled = F.interpolate(basis, size=(HTSAT_BANDS, VALOR_UPSAMPLED_STEPS), mode="bicubic", align_corners=False)
     pooled = F.adaptive_avg_pool1d(upsampled.mean(dim=2), length)[0].T  # (length, steps)
     return F.pad(pooled, (0, 0, 0, n_segments - length))
 
 
-_cached_map_resampling = functools.lru_cache(maxsize=1024)(_map_resampling)
+def _resampling_table(n_segments: int) -> Tensor:
+    """(n_segments + 1, n_segments, HTSAT_MAP_STEPS) float64: entry L is the resampling to L real segments."""
+    return torch.stack([htsat_map_resampling(length, n_segments) for length in range(n_segments + 1)])
 
 
-def htsat_map_resampling(length: int, n_segments: int) -> Tensor:
-    """(n_segments, HTSAT_MAP_STEPS) float64: row t < `length` is segment t of VALOR's map-to-segments
-    path pooled to `length` segments, without `fc_a` (module docstring); rows from `length` on are 0.
-
-    Obtained by running VALOR's operations on the identity: basis map s is one at token s and zero
-    elsewhere, which VALOR's `view` puts at band s // 32, time step s % 32. Cached; under
-    torch.compile computed in the graph instead (dynamo does not honour the cache).
-    """
-    if torch.compiler.is_compiling():
-        return _map_resampling(length, n_segments)
-    return _cached_map_resampling(length, n_segments)
+@functools.lru_cache(maxsize=64)
+def _device_resampling_table(n_segments: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    return _resampling_table(n_segments).to(device=device, dtype=dtype)
 
 
 def resample_htsat_maps(maps: Tensor, n_segments: int, padding_mask: Tensor | None = None) -> Tensor:
     """Per-segment audio (B, n_segments, D) from HTSAT maps (B, HTSAT_MAP_STEPS, D): each video's map
     resampled to its real segments (all `n_segments` without a mask; padding is trailing, as
-    `uwav.training.data.padding_mask_from_lengths` makes it), zeros at padded segments."""
+    `uwav.training.data.padding_mask_from_lengths` makes it), zeros at padded segments.
+
+    The matrices of every length sit on the maps' device, once per (n_segments, device, dtype), and
+    are picked by the lengths there: no copy from the host and no host sync per call. Under
+    torch.compile they are computed in the graph instead (dynamo does not honour the cache)."""
+    if torch.compiler.is_compiling():
+        table = _resampling_table(n_segments).to(maps)
+    else:
+        table = _device_resampling_table(n_segments, maps.device, maps.dtype)
     if padding_mask is None:
-        return torch.matmul(htsat_map_resampling(n_segments, n_segments).to(maps), maps)
-    lengths = (~padding_mask).sum(dim=1).tolist()
-    resampling = torch.stack([htsat_map_resampling(length, n_segments) for length in lengths])
-    return torch.bmm(resampling.to(maps), maps)
+        return torch.matmul(table[n_segments], maps)
+    return torch.bmm(table[(~padding_mask).sum(dim=1)], maps)
 
 
 @dataclass(frozen=True)
