@@ -5,6 +5,8 @@ a cycle to the first call."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "uwav"
@@ -136,3 +138,11 @@ def test_no_stage_module_imports_another() -> None:
         for target in targets & stage_modules
     }
     assert offending == set()
+
+
+def test_the_labels_package_loads_no_feature_store() -> None:
+    """`uwav.labels` (which the HAN's losses and training import) once re-exported the released
+    pseudo-label reader, whose feature readers load zarr: ~0.3 s on every import for nothing."""
+    code = "import sys, uwav.labels; print(sorted(m for m in sys.modules if m.split('.')[0] == 'zarr' or m == 'uwav.features.store'))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

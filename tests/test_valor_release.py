@@ -26,7 +26,8 @@ from uwav.errors import InvalidInputError, StageError
 from uwav.evaluation import avvp_scores, dense_to_arrays
 from uwav.features.released import find_release, import_released_segments
 from uwav.features.store import FeatureStore
-from uwav.labels import read_pseudo_labels, read_released_pseudo_labels
+from uwav.labels import read_pseudo_labels
+from uwav.labels.released import read_released_pseudo_labels
 from uwav.stages import pipeline_stages, run_pipeline, stage_status, state_dir
 from uwav.stages.evaluate import PSEUDO_LABELS_REFERENCE, RELEASED_PSEUDO_LABELS_REFERENCE
 from uwav.training.checkpoints import load_checkpoint

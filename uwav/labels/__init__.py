@@ -1,4 +1,5 @@
-"""Threshold calibration, pseudo-label materialisation, and VALOR's released pseudo-labels."""
+"""Threshold calibration and pseudo-label materialisation (VALOR's released pseudo-labels:
+`uwav.labels.released`, which reads through the feature readers, so it is not imported here)."""
 
 from uwav.labels.calibration import (
     ClassThreshold,
@@ -16,7 +17,6 @@ from uwav.labels.pseudo_labels import (
     read_pseudo_labels,
     write_shard,
 )
-from uwav.labels.released import LABEL_SOURCE_NAMES, ReleasedPseudoLabels, read_released_pseudo_labels
 from uwav.labels.rules import (
     RELEASED_SOFT_TEMPERATURE,
     binary_pseudo_labels,
@@ -25,12 +25,10 @@ from uwav.labels.rules import (
 )
 
 __all__ = [
-    "LABEL_SOURCE_NAMES",
     "LIST_COLUMNS",
     "RELEASED_SOFT_TEMPERATURE",
     "ClassThreshold",
     "PseudoLabelArrays",
-    "ReleasedPseudoLabels",
     "ThresholdSet",
     "best_f1_threshold",
     "binary_pseudo_labels",
@@ -40,7 +38,6 @@ __all__ = [
     "iter_shards",
     "pseudo_label_schema",
     "read_pseudo_labels",
-    "read_released_pseudo_labels",
     "released_f1_threshold",
     "soft_pseudo_labels",
     "write_shard",

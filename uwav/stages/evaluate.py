@@ -310,7 +310,7 @@ def evaluate_imported(catalog: Catalog, model_path: Path, kind: str, out_dir: Pa
 
 
 def run(catalog: Catalog, out_dir: Path, progress: bool) -> StageResult:
-    from uwav.labels import LABEL_SOURCE_NAMES
+    from uwav.labels.released import LABEL_SOURCE_NAMES
     from uwav.training.han_train import load_han
 
     labels = catalog.stages.pseudo_labels

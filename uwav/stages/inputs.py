@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import polars as pl
 
     from uwav.features.store import FeatureStore
-    from uwav.labels import ReleasedPseudoLabels
+    from uwav.labels.released import ReleasedPseudoLabels
     from uwav.training.data import HanFeatures, LabelledSplit
     from uwav.workspace import DatasetTables
 
@@ -126,7 +126,7 @@ def released_pseudo_labels(catalog: Catalog, tables: DatasetTables, video_ids: l
     """VALOR's released pseudo-labels (`stages.pseudo_labels.released_root`) of target videos."""
     import polars as pl
 
-    from uwav.labels import read_released_pseudo_labels
+    from uwav.labels.released import read_released_pseudo_labels
 
     root = Path(catalog.resolve(catalog.stages.pseudo_labels.released_root) or "")
     rows = tables.manifest.filter(pl.col("video_id").is_in(video_ids))

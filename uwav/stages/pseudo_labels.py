@@ -149,7 +149,8 @@ def label_quality(catalog: Catalog, tables: DatasetTables, folder: Path) -> tupl
     a `released_root`, VALOR's released ones beside them on the same videos (those both have);
     and the number of videos scored per split."""
     from uwav.evaluation import pseudo_label_quality
-    from uwav.labels import LABEL_SOURCE_NAMES, read_pseudo_labels
+    from uwav.labels import read_pseudo_labels
+    from uwav.labels.released import LABEL_SOURCE_NAMES
     from uwav.workspace import dense_truth
 
     settings = catalog.stages.pseudo_labels
