@@ -37,7 +37,7 @@ from uwav.demo import DEMO_CATALOG
 from uwav.evaluation import dense_to_arrays, pseudo_label_quality
 from uwav.stages.evaluate import pseudo_label_reference, segment_zero_shot_accuracy, zero_shot_reference
 from uwav.stages.planner import stage_record
-from uwav.stages.tables import dataset_tables
+from uwav.stages.tables import dataset_tables, open_store
 from uwav.synthetic.encoders import ALIGNMENT_FILE
 
 UWAV = Path(sys.executable).with_name("uwav")
@@ -52,7 +52,7 @@ def _rounded(scores: dict[str, Any]) -> dict[str, float]:
 def training_label_quality(catalog: Catalog, data: Path) -> dict[str, dict[str, float]]:
     """Segment scores of each label set of `LABEL_SETS` on the training videos against the truth
     the generator rendered (`truth_audio.csv` / `truth_visual.csv`, never read by the pipeline)."""
-    tables = dataset_tables(catalog, "target")
+    tables, store = dataset_tables(catalog, "target"), open_store(catalog)
     video_ids = tables.split("train")["video_id"].to_list()
     n_segments = int(tables.manifest["n_segments"].max())
     truth = pl.concat(
@@ -65,7 +65,7 @@ def training_label_quality(catalog: Catalog, data: Path) -> dict[str, dict[str, 
     gt = dense_to_arrays(truth, video_ids, tables.classes, n_segments)
     quality = {}
     for name, labels_of in LABEL_SETS.items():
-        labels = labels_of(catalog, video_ids, n_segments)
+        labels = labels_of(catalog, tables, store, video_ids, n_segments)
         if labels is not None:
             quality[name] = _rounded(pseudo_label_quality(labels["audio"], labels["visual"], gt.audio, gt.visual))
     return quality

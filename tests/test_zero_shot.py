@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from uwav.catalog import load_catalog
+from uwav.catalog import Catalog, load_catalog
 from uwav.contracts import text_embedding_name
 from uwav.features.store import FeatureStore
 from uwav.labels.zero_shot import calibrate_zero_shot, top1_accuracy, zero_shot_labels, zero_shot_scores
@@ -127,6 +127,10 @@ def _restated_scores(catalog_path: Path, split: str) -> tuple[list[str], dict[st
     return loaded.video_ids, scores, weak_label_matrix(manifest, tables.classes).astype(bool)
 
 
+def _zero_shot_reference(catalog: Catalog, video_ids: list[str]) -> dict[str, np.ndarray] | None:
+    return zero_shot_reference(catalog, dataset_tables(catalog, "target"), open_store(catalog), video_ids, 10)
+
+
 def test_reference_is_cosine_scores_thresholded_on_the_calibration_split(feature_catalog: Path) -> None:
     catalog = load_catalog(feature_catalog)
     assert ZERO_SHOT_REFERENCE in REFERENCE_LABELS
@@ -135,7 +139,7 @@ def test_reference_is_cosine_scores_thresholded_on_the_calibration_split(feature
     val_ids, val_scores, val_labels = arrays["val"]
     truth = dense_truth(tables, val_ids, 10)
     test_ids, test_scores, test_labels = arrays["test"]
-    labels = zero_shot_reference(catalog, test_ids, 10)
+    labels = _zero_shot_reference(catalog, test_ids)
     assert labels is not None
     for modality in ("audio", "visual"):
         for c in range(len(tables.classes)):
@@ -147,14 +151,14 @@ def test_reference_is_cosine_scores_thresholded_on_the_calibration_split(feature
             expected = (test_scores[modality][:, :, c] > theta) & test_labels[:, None, c]
             assert (labels[modality][:, :, c] == expected).all(), (modality, tables.classes[c])
     # Calibrated on validation only: the same test labels whatever other videos are asked for.
-    subset = zero_shot_reference(catalog, test_ids[:3], 10)
+    subset = _zero_shot_reference(catalog, test_ids[:3])
     assert subset is not None and (subset["visual"] == labels["visual"][:3]).all()
 
 
 def test_reference_is_absent_for_videos_without_features(feature_catalog: Path) -> None:
     catalog = load_catalog(feature_catalog)
     test_ids = dataset_tables(catalog, "target").split("test")["video_id"].to_list()
-    assert zero_shot_reference(catalog, [*test_ids[:2], "not-a-video"], 10) is None
+    assert _zero_shot_reference(catalog, [*test_ids[:2], "not-a-video"]) is None
 
 
 def test_reference_is_absent_from_a_store_without_clip_and_clap_features(feature_catalog: Path) -> None:
@@ -171,7 +175,7 @@ def test_reference_is_absent_from_a_store_without_clip_and_clap_features(feature
     for feature, embeddings in (("clip", text.visual), ("clap", text.audio)):
         name = text_embedding_name(feature, "target")
         store.write_text_embeddings(name, [f"class {c}" for c in range(len(embeddings))], embeddings, "test")
-    assert zero_shot_reference(text_only, test_ids, 10) is None
+    assert _zero_shot_reference(text_only, test_ids) is None
 
 
 def test_segment_zero_shot_accuracy_is_top1_on_single_class_segments(feature_catalog: Path) -> None:

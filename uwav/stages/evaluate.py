@@ -136,14 +136,18 @@ def _stage_pseudo_labels(catalog: Catalog, video_ids: Sequence[str], n_segments:
 
 
 
-def pseudo_label_reference(catalog: Catalog, video_ids: Sequence[str], n_segments: int) -> dict[str, np.ndarray] | None:
+def pseudo_label_reference(
+    catalog: Catalog, tables: DatasetTables, store: FeatureStore, video_ids: Sequence[str], n_segments: int
+) -> dict[str, np.ndarray] | None:
     """The generator's binary pseudo-labels the model trained from (`stages.pseudo_labels.source: generate`)."""
     if catalog.stages.pseudo_labels.source != "generate":
         return None
     return _stage_pseudo_labels(catalog, video_ids, n_segments)
 
 
-def released_pseudo_label_reference(catalog: Catalog, video_ids: Sequence[str], n_segments: int) -> dict[str, np.ndarray] | None:
+def released_pseudo_label_reference(
+    catalog: Catalog, tables: DatasetTables, store: FeatureStore, video_ids: Sequence[str], n_segments: int
+) -> dict[str, np.ndarray] | None:
     """VALOR's released binary pseudo-labels: those the model trained from (`source: released`), or,
     beside generated ones, the files under `stages.pseudo_labels.released_root` when they cover
     every one of `video_ids`."""
@@ -152,7 +156,7 @@ def released_pseudo_label_reference(catalog: Catalog, video_ids: Sequence[str], 
         return _stage_pseudo_labels(catalog, video_ids, n_segments)
     if settings.released_root is None:
         return None
-    released = released_pseudo_labels(catalog, dataset_tables(catalog, "target"), list(video_ids))
+    released = released_pseudo_labels(catalog, tables, list(video_ids))
     if released.video_ids != list(video_ids):
         log.info("evaluate: no released pseudo-label reference: %d videos lack good files", len(video_ids) - len(released.video_ids))
         return None
@@ -176,7 +180,9 @@ def _zero_shot_scores(
     return kept, valid, scores
 
 
-def zero_shot_reference(catalog: Catalog, video_ids: Sequence[str], n_segments: int) -> dict[str, np.ndarray] | None:
+def zero_shot_reference(
+    catalog: Catalog, tables: DatasetTables, store: FeatureStore, video_ids: Sequence[str], n_segments: int
+) -> dict[str, np.ndarray] | None:
     """The encoders' zero-shot per-segment labels of `video_ids` (`uwav.labels.zero_shot`), their
     thresholds calibrated on the calibration split as the generator's are; None where the store
     lacks the class text embeddings, or CLIP / CLAP features of a video."""
@@ -185,8 +191,6 @@ def zero_shot_reference(catalog: Catalog, video_ids: Sequence[str], n_segments: 
     from uwav.labels.zero_shot import calibrate_zero_shot, zero_shot_labels
     from uwav.workspace import dense_truth, weak_label_matrix
 
-    store = open_store(catalog)
-    tables = dataset_tables(catalog, "target")
     settings = catalog.stages.calibrate
     try:
         text = text_embeddings(store, "target")
@@ -228,15 +232,21 @@ def segment_zero_shot_accuracy(catalog: Catalog, split_name: str) -> dict[str, f
 
 
 # Per-segment label sets scored beside a model, by reference name: each gives (N, T, C) bool
-# labels per modality for the evaluated videos, or None where it has none for them.
-REFERENCE_LABELS: dict[str, Callable[[Catalog, Sequence[str], int], dict[str, np.ndarray] | None]] = {
+# labels per modality for the evaluated videos (from the catalog, its target tables and its
+# feature store, as the evaluation has them open), or None where it has none for them.
+ReferenceLabels = Callable[
+    ["Catalog", "DatasetTables", "FeatureStore", Sequence[str], int], "dict[str, np.ndarray] | None"
+]
+REFERENCE_LABELS: dict[str, ReferenceLabels] = {
     PSEUDO_LABELS_REFERENCE: pseudo_label_reference,
     RELEASED_PSEUDO_LABELS_REFERENCE: released_pseudo_label_reference,
     ZERO_SHOT_REFERENCE: zero_shot_reference,
 }
 
 
-def reference_scores(catalog: Catalog, video_ids: Sequence[str], split: LabelledSplit) -> dict[str, dict[str, float]]:
+def reference_scores(
+    catalog: Catalog, tables: DatasetTables, store: FeatureStore, video_ids: Sequence[str], split: LabelledSplit
+) -> dict[str, dict[str, float]]:
     """What a model's scores on `split` (the videos `video_ids`) should be read against, on those
     same videos: every label set of `REFERENCE_LABELS` that exists for them, and predicting
     nothing (the floor)."""
@@ -245,7 +255,7 @@ def reference_scores(catalog: Catalog, video_ids: Sequence[str], split: Labelled
     references = {}
     n_segments = split.gt_audio.shape[1]
     for name, labels_of in REFERENCE_LABELS.items():
-        labels = labels_of(catalog, video_ids, n_segments)
+        labels = labels_of(catalog, tables, store, video_ids, n_segments)
         if labels is not None:
             references[name] = pseudo_label_quality(labels["audio"], labels["visual"], split.gt_audio, split.gt_visual)
     references[NOTHING_REFERENCE] = predict_nothing_scores(split.gt_audio, split.gt_visual)
@@ -271,7 +281,8 @@ def evaluate_model(
 
     settings = catalog.stages.evaluate
     tables = dataset_tables(catalog, "target")
-    split, labelled = labelled_split(catalog, open_store(catalog), tables, settings.split)
+    store = open_store(catalog)
+    split, labelled = labelled_split(catalog, store, tables, settings.split)
     check_model_inputs(model, labelled.features, tables.classes, source)
     evaluation = score_han(
         model, labelled, target_task(catalog), threshold=settings.threshold, decision=catalog.stages.train.decision,
@@ -285,7 +296,7 @@ def evaluate_model(
         predictions_path, video_ids=np.asarray(split.video_ids), segment_prob=evaluation.segment_prob,
         video_prob=evaluation.video_prob,
     )
-    references = reference_scores(catalog, split.video_ids, labelled)
+    references = reference_scores(catalog, tables, store, split.video_ids, labelled)
     collapse = collapse_warning(evaluation.scores["seg_type"], references[NOTHING_REFERENCE]["seg_type"], settings.split)
     if collapse:
         log.warning("evaluate: %s", collapse)
