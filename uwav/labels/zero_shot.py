@@ -51,9 +51,18 @@ def calibrate_zero_shot(
 def zero_shot_labels(
     scores: dict[str, np.ndarray], thresholds: ThresholdSet, video_labels: np.ndarray, valid: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """(N, T, C) bool labels per modality: `1[score > theta] * y` on the valid segments."""
-    allowed = valid.astype(bool)[:, :, None] & video_labels.astype(bool)[:, None, :]
-    return {m: (scores[m] > thresholds.thresholds[m][None, None, :]) & allowed for m in MODALITIES}
+    """(N, T, C) bool labels per modality: eq. 10 (`binary_pseudo_labels`, the generator's rule),
+    `1[score > theta] * y`, on the valid segments."""
+    import torch
+
+    from uwav.labels.rules import binary_pseudo_labels
+
+    weak = torch.from_numpy(np.asarray(video_labels))
+    return {
+        m: binary_pseudo_labels(torch.from_numpy(scores[m]), torch.from_numpy(thresholds.thresholds[m]), weak).bool().numpy()
+        & valid.astype(bool)[:, :, None]
+        for m in MODALITIES
+    }
 
 
 def top1_accuracy(scores: np.ndarray, truth: np.ndarray, valid: np.ndarray) -> float:

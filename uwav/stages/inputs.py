@@ -39,10 +39,11 @@ def load_split(store: FeatureStore, manifest: pl.DataFrame, names: Sequence[str]
     """Videos of `manifest` that have every feature in `names` (and no feature written as missing)."""
     import numpy as np
 
-    absent = [name for name in names if name not in store.feature_names()]
+    stored = store.feature_names()  # lists the store's groups: once, not per name
+    absent = [name for name in names if name not in stored]
     if absent:
         raise StageError(
-            f"feature store {store.url} has no feature {', '.join(map(repr, absent))} (it holds {store.feature_names()}); "
+            f"feature store {store.url} has no feature {', '.join(map(repr, absent))} (it holds {stored}); "
             "the features stage stores what stages.features.source provides"
         )
     candidates = manifest["video_id"].to_list()
