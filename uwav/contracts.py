@@ -130,11 +130,17 @@ def validate_dense(df: pl.DataFrame) -> pl.DataFrame:
 
 # ---------------------------------------------------------------- which store features feed which model
 
+# Tokens of an HTSAT map: 2 frequency bands x 32 time steps, band-major (token 32 f + t), as
+# VALOR's CLAP feature files hold them ((64, 768) per 10-s clip).
+HTSAT_MAP_STEPS = 64
+# The store feature of CLAP's HTSAT maps: per clip, not per segment, one (HTSAT_MAP_STEPS, D) array.
+CLAP_MAPS = "clap_maps"
+
 # The store features the HAN reads (audio, 2-D visual, 3-D visual) for each `stages.train.han.inputs`.
 HAN_INPUT_FEATURES: dict[str, tuple[str, str, str]] = {
     "clip_clap": ("clap", "clip", "r2plus1d"),
     "official": ("vggish", "resnet152_mean", "r2plus1d"),
-    "clap_maps": ("clap_maps", "clip", "r2plus1d"),  # VALOR++
+    "clap_maps": (CLAP_MAPS, "clip", "r2plus1d"),  # VALOR++
 }
 # The form of the HAN's audio input for each `stages.train.han.inputs` (`uwav.models.han`):
 # `segments`, one vector per segment, (N, T, D) like the visual streams; `htsat_maps`, per video
@@ -142,9 +148,6 @@ HAN_INPUT_FEATURES: dict[str, tuple[str, str, str]] = {
 # resamples to the video's segments (VALOR++).
 HanAudioInput = Literal["segments", "htsat_maps"]
 HAN_AUDIO_INPUT: dict[str, HanAudioInput] = {"clip_clap": "segments", "official": "segments", "clap_maps": "htsat_maps"}
-# Tokens of an HTSAT map: 2 frequency bands x 32 time steps, band-major (token 32 f + t), as
-# VALOR's CLAP feature files hold them ((64, 768) per 10-s clip).
-HTSAT_MAP_STEPS = 64
 PLG_FEATURES: tuple[str, str] = ("clip", "clap")  # (visual, audio) inputs of the generator
 
 

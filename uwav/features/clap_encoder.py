@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uwav.catalog import EncoderConfig
-from uwav.contracts import HTSAT_MAP_STEPS
+from uwav.contracts import CLAP_MAPS, HTSAT_MAP_STEPS
 from uwav.features import configs
 from uwav.features.encoder_base import (
     EncoderError,
@@ -371,7 +371,7 @@ class ClapMapsEncoder:
     anti-aliasing), and VALOR++ was trained on 10-s clips only.
     """
 
-    feature = "clap_maps"
+    feature = CLAP_MAPS
     segment_input = "audio_track"
     per_clip = True
 

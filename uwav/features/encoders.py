@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uwav.catalog import HF_HUB_MODEL_PREFIX, EncoderConfig, EncodersConfig, Extraction
+from uwav.contracts import CLAP_MAPS
 from uwav.devices import resolve_device
 from uwav.features import configs
 from uwav.features.clap_encoder import ClapEncoder, ClapMapsEncoder, build_clap_encoder, clap_weight_files
@@ -84,7 +85,6 @@ from uwav.features.weights import HubFile, UrlFile, WeightFile, fetch_weights, w
 ENCODER_KEYS: dict[str, str] = {
     "clip": "clip", "clap": "clap", "r2plus1d": "r2plus1d", "vggish": "vggish", "resnet152_mean": "resnet152",
 }
-CLAP_MAPS = "clap_maps"
 FEATURE_NAMES: tuple[str, ...] = (*ENCODER_KEYS, CLAP_MAPS)
 
 # ---------------------------------------------------------------- CLIP (open_clip)

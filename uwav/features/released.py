@@ -51,14 +51,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from uwav.contracts import text_embedding_name
+from uwav.contracts import CLAP_MAPS, HTSAT_MAP_STEPS, text_embedding_name
 from uwav.errors import InvalidInputError, MissingInputError
 from uwav.features.official import LLP_SEGMENTS, OFFICIAL_KINDS, PROBLEM_SCHEMA, ImportReport, load_checked, problem_row
 from uwav.features.store import FeatureStore
 
 RELEASED_DIMS: dict[str, int] = {"clip": 768, "clap": 512}  # CLIP ViT-L/14, CLAP (HTSAT): segment and text embeddings
-CLAP_MAPS = "clap_maps"  # the store feature of VALOR's CLAP feature maps
-CLAP_MAPS_SHAPE: tuple[int, int] = (64, 768)  # HTSAT time steps x channels of one whole clip
+CLAP_MAPS_SHAPE: tuple[int, int] = (HTSAT_MAP_STEPS, 768)  # VALOR's maps: HTSAT tokens x channels of one whole clip
 RELEASED_IDENTITY_PREFIX = "released/"
 # Per dataset kind and encoder: the segment folders of the UWAV release, then VALOR's (LLP only).
 # The first CLIP folder found is read; every CLAP folder found is read (its files' shape says what it holds).
