@@ -6,6 +6,7 @@ import ipaddress
 import os
 import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,24 @@ def native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
     import uwav.devices
 
     monkeypatch.setattr(uwav.devices, "cpu_has_native_bf16", lambda: True)
+
+
+# ------------------------------------------------------------------ the loopback hub
+
+# What would point a download anywhere but the loopback hub and fresh caches, or forbid it.
+_HUB_ENVIRONMENT = ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "UWAV_OFFLINE", "UWAV_WEIGHTS_MIRROR")
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[object]:
+    """The loopback hub (`tests.hub_server.LoopbackHub`) as HF_ENDPOINT, empty Hugging Face and
+    torch hub caches under tmp_path."""
+    from tests.hub_server import LoopbackHub
+
+    with LoopbackHub() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+        for name in _HUB_ENVIRONMENT:
+            monkeypatch.delenv(name, raising=False)
+        yield server

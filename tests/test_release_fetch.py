@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +20,6 @@ from uwav.releases import DOWNLOADS, MARKER, elsewhere, fetch_release
 
 LLP_IDS = ("-0A9sun15YA", "-0Bkyt8iZ1I")
 UNAV_IDS = ("-0DIFwkUpjQ",)
-
-
-@pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[LoopbackHub]:
-    with LoopbackHub() as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "UWAV_OFFLINE"):
-            monkeypatch.delenv(name, raising=False)
-        yield server
 
 
 def _npy(array: np.ndarray) -> bytes:

@@ -13,7 +13,6 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ import yaml
 from typer.testing import CliRunner
 
 from tests.hub_server import LoopbackHub
+from tests.test_encoders import _perturbed_state
 from uwav.catalog import (
     CatalogError,
     EncoderConfig,
@@ -47,27 +47,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_CLIP_REPO = "uwav-test/tiny-clip"
 TINY_CLIP_PREPROCESS = {"mean": [0.1, 0.2, 0.3], "std": [0.5, 0.6, 0.7], "interpolation": "bilinear", "resize_mode": "squash"}
 NAMED_CLAP = EncoderConfig(name="uwav-tiny-clap", pretrained="630k-audioset-best.pt")
-_ENVIRONMENT = ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "UWAV_OFFLINE", "UWAV_WEIGHTS_MIRROR")
-
-
-@pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[LoopbackHub]:
-    """The loopback hub as HF_ENDPOINT, empty Hugging Face and torch hub caches under tmp_path."""
-    with LoopbackHub() as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-        for name in _ENVIRONMENT:
-            monkeypatch.delenv(name, raising=False)
-        yield server
-
-
-def _perturbed(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    return {
-        key: value + 0.05 * torch.randn(value.shape, generator=generator) if value.is_floating_point() else value.clone()
-        for key, value in model.state_dict().items()
-    }
 
 
 def _torch_bytes(obj: object, **kwargs: object) -> bytes:
@@ -88,7 +67,7 @@ def serve_tiny_clip(hub: LoopbackHub, repo_id: str = TINY_CLIP_REPO, seed: int =
 
     model_cfg = {**model_configs.shipped_model_config("uwav-tiny-clip"), "quick_gelu": True}
     hub.add_repo_file(repo_id, "open_clip_config.json", json.dumps({"model_cfg": model_cfg, "preprocess_cfg": TINY_CLIP_PREPROCESS}).encode())
-    state = _perturbed(create_clip_network("uwav-tiny-clip"), seed)
+    state = _perturbed_state(create_clip_network("uwav-tiny-clip"), seed)
     hub.add_repo_file(repo_id, weights, save(state) if weights.endswith(".safetensors") else _torch_bytes(state))
     return state
 
@@ -98,7 +77,7 @@ def serve_clap_checkpoint(hub: LoopbackHub, seed: int = 3) -> tuple[dict[str, to
     checkpoint with numpy scalars, `module.` keys and a key newer transformers dropped, pickled
     with protocol 4 (the fusion ones differ only in `fusion`, checked in test_encoders)."""
     network = build_clap_encoder(EncoderConfig(name="uwav-tiny-clap", random_init=True), CPU).model
-    state = _perturbed(network, seed)
+    state = _perturbed_state(network, seed)
     wrapped = {f"module.{key}": value for key, value in state.items()}
     wrapped["module.text_branch.embeddings.position_ids"] = torch.arange(4)
     content = _torch_bytes({"epoch": 45, "best_metric": np.float64(0.7), "state_dict": wrapped}, pickle_protocol=4)
@@ -225,7 +204,7 @@ def test_clap_roberta_text_branch_is_built_from_its_config_without_its_weights(
     texts = encoder.encode_text(["This is the sound of Dog", "This is the sound of Cat"])
     assert texts.shape == (2, 64) and np.isfinite(texts).all() and not np.allclose(texts[0], texts[1])
     # a checkpoint of this model (laion_clap's key layout, RoBERTa's keys included) loads into it
-    state = _perturbed(encoder.model, 5)
+    state = _perturbed_state(encoder.model, 5)
     torch.save({"state_dict": state}, tmp_path / "clap.pt")
     _assert_state(build_clap_encoder(EncoderConfig(name="uwav-test-clap-roberta", checkpoint=str(tmp_path / "clap.pt")), CPU).model, state)
 
@@ -252,7 +231,7 @@ def _vggish_files(folder: Path) -> tuple[dict[str, bytes], dict[str, torch.Tenso
     """Tiny VGGish weights and PCA parameters named as torch hub names files (`name-<sha256 prefix>.pth`),
     the PCA as torchvggish's release holds it: numpy arrays pickled by numpy 1 (`numpy.core` names)."""
     network = build_vggish_encoder(EncoderConfig(name="uwav-tiny-vggish", random_init=True), CPU).model
-    weights = _perturbed(network, 6)
+    weights = _perturbed_state(network, 6)
     rng = np.random.default_rng(7)
     pca = {"pca_eigen_vectors": rng.standard_normal((16, 16)), "pca_means": rng.standard_normal(16)}
     pca_bytes = _torch_bytes(pca, _use_new_zipfile_serialization=False, pickle_protocol=2)
